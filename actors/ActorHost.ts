@@ -1,0 +1,438 @@
+import { randomUUID } from 'node:crypto';
+import { createActor, getNextTransitions, type Actor, type AnyStateMachine, type SnapshotFrom } from 'xstate';
+import { ProtocolError } from '../protocol/errors.js';
+import type { Effect } from '../machines/effects.js';
+import { streamOf, type ActorAddress, type ActorKind } from './ActorKind.js';
+import type { Ownership } from './Ownership.js';
+import type { CommitItem, EventMeta, IdempotencyRecord, OutboxRecord, Store, StoredEvent, TimerRecord } from './Store.js';
+
+/** What one turn needs besides the event. */
+export interface TurnOptions<M extends AnyStateMachine = AnyStateMachine> {
+  /** Principal id stamped on the event as `by` and in its metadata. */
+  principal: string;
+  correlationId?: string;
+  causationId?: string;
+  /** Use this event id (outbox deliveries use the message id, so duplicates are refused). */
+  eventId?: string;
+  /** Refuse with VERSION_MISMATCH unless the actor is at this version. */
+  expectedVersion?: number;
+  /** Runs inside the mailbox before the transition; throw a ProtocolError to refuse. */
+  check?: (snapshot: SnapshotFrom<M>, version: number) => void;
+  /** Claimed in the same commit; the turn fails with IDEMPOTENCY_MISMATCH-free `idempotency_conflict`. */
+  idempotency?: Omit<IdempotencyRecord, 'result'> & { result: (snapshot: SnapshotFrom<M>, version: number) => unknown };
+  /** Mark an outbox entry consumed in the same commit. */
+  outboxDone?: string[];
+  /** Delete this fired timer in the same commit. */
+  firedTimer?: { name: string; fireAt: number };
+}
+
+/** The outcome of an accepted turn. */
+export interface TurnResult<M extends AnyStateMachine = AnyStateMachine> {
+  snapshot: SnapshotFrom<M>;
+  version: number;
+  event: StoredEvent;
+}
+
+/** Listener for committed events: called after every successful commit, in commit order. */
+export type CommitListener = (events: StoredEvent[], topics: string[][]) => void;
+
+/** Options of {@link ActorHost}; durations in milliseconds. */
+export interface ActorHostOptions {
+  store: Store;
+  ownership: Ownership;
+  kinds: ActorKind[];
+  /** Passivate actors idle for this long (default 60 000). */
+  idleMs?: number;
+  /** How often to look for idle actors (default 10 000). */
+  sweepMs?: number;
+  /** The clock; tests may replace it. */
+  now?: () => number;
+  /** Called when a durable timer is scheduled, so the timer service can wake earlier. */
+  onTimerScheduled?: (fireAt: number) => void;
+  /** Called after a commit that wrote outbox entries. */
+  onOutbox?: (records: OutboxRecord[]) => void;
+}
+
+/** Thrown (internally) when a turn's idempotency key was claimed first by another turn. */
+export class IdempotencyConflict extends Error {
+  constructor(readonly key: string) {
+    super(`idempotency key ${key} already used`);
+  }
+}
+
+/** Returned instead of a result when an event id was already stored (a duplicate delivery). */
+export const DUPLICATE = Symbol('duplicate');
+
+interface Job {
+  run: (cell: Cell) => Promise<void>;
+  fail: (error: unknown) => void;
+}
+
+interface Cell {
+  address: ActorAddress;
+  stream: string;
+  kind: ActorKind;
+  actor: Actor<AnyStateMachine> | null;
+  version: number;
+  epoch: number;
+  queue: Job[];
+  running: boolean;
+  lastUsed: number;
+  /** Effects emitted by the machine during the current transition. */
+  captured: Effect[] | null;
+  /** Set when memory may be ahead of the store; the next job reloads the actor. */
+  stale: boolean;
+}
+
+/**
+ * Hosts virtual actors: activates them on demand from snapshot + events, runs one message at a
+ * time per actor, commits each accepted event with its effects before answering, and passivates
+ * idle actors.
+ *
+ * @example
+ * ```ts
+ * const host = new ActorHost({ store, ownership, kinds: [taskKind] });
+ * const { version } = await host.send({ tenant: 'acme', kind: 'task', id: 't1' },
+ *   { type: 'task.create', ... }, { principal: 'lead' });
+ * ```
+ */
+export class ActorHost {
+  readonly store: Store;
+  #ownership: Ownership;
+  #kinds = new Map<string, ActorKind>();
+  #cells = new Map<string, Cell>();
+  #listeners = new Set<CommitListener>();
+  #now: () => number;
+  #idleMs: number;
+  #sweep: NodeJS.Timeout;
+  #closed = false;
+  #opts: ActorHostOptions;
+
+  constructor(opts: ActorHostOptions) {
+    this.#opts = opts;
+    this.store = opts.store;
+    this.#ownership = opts.ownership;
+    for (const k of opts.kinds) this.#kinds.set(k.kind, k);
+    this.#now = opts.now ?? Date.now;
+    this.#idleMs = opts.idleMs ?? 60_000;
+    this.#sweep = setInterval(() => void this.passivateIdle(), opts.sweepMs ?? 10_000);
+    this.#sweep.unref();
+  }
+
+  /** The kind definition, or throws for an unknown kind. */
+  kind(kind: string): ActorKind {
+    const k = this.#kinds.get(kind);
+    if (!k) throw new Error(`unknown actor kind ${kind}`);
+    return k;
+  }
+
+  /** Registers a listener for committed events. Returns a function that removes it. */
+  onCommit(listener: CommitListener): () => void {
+    this.#listeners.add(listener);
+    return () => this.#listeners.delete(listener);
+  }
+
+  /** How many actors are in memory now. */
+  get activeCount(): number {
+    return this.#cells.size;
+  }
+
+  /**
+   * Delivers one event to an actor and resolves once the resulting event is durably stored.
+   * Rejects with ILLEGAL_TRANSITION (naming the state and the events it accepts) if the machine
+   * does not accept it, or with whatever `check` throws. Resolves to {@link DUPLICATE} when
+   * `eventId` was already stored.
+   */
+  send<M extends AnyStateMachine>(
+    address: ActorAddress,
+    event: { type: string } & Record<string, unknown>,
+    opts: TurnOptions<M>,
+  ): Promise<TurnResult<M> | typeof DUPLICATE> {
+    return this.#enqueue(address, (cell) => this.#turn(cell, event, opts as TurnOptions));
+  }
+
+  /** The committed snapshot and version of an actor (activating it if needed), read in its mailbox. */
+  read<M extends AnyStateMachine>(address: ActorAddress): Promise<{ snapshot: SnapshotFrom<M>; version: number }> {
+    return this.#enqueue(address, async (cell) => ({ snapshot: cell.actor!.getSnapshot() as SnapshotFrom<M>, version: cell.version }));
+  }
+
+  /** Delivers a due timer. Consumes the timer even when the machine no longer expects it. */
+  async fireTimer(timer: TimerRecord): Promise<void> {
+    const address = { tenant: timer.tenant, kind: timer.kind, id: timer.actorId };
+    const fired = { name: timer.name, fireAt: timer.fireAt };
+    await this.#enqueue(address, async (cell) => {
+      const event = { ...timer.event, type: 'timer.fired', name: timer.name, fireAt: timer.fireAt };
+      if (cell.actor!.getSnapshot().can({ ...event, at: this.#now(), by: 'system' })) {
+        await this.#turn(cell, event, { principal: 'system', firedTimer: fired });
+      } else {
+        await this.#commitBare(cell, { firedTimers: [fired] });
+      }
+    });
+  }
+
+  /** Delivers an outbox message to its target; consumes it also when refused or a duplicate. */
+  async deliver(record: OutboxRecord): Promise<void> {
+    const address = { tenant: record.tenant, kind: record.targetKind, id: record.targetId };
+    await this.#enqueue(address, async (cell) => {
+      const event = record.event as { type: string } & Record<string, unknown>;
+      if (cell.actor!.getSnapshot().can({ ...event, at: this.#now(), by: 'system' })) {
+        const r = await this.#turn(cell, event, {
+          principal: 'system',
+          eventId: record.id,
+          causationId: record.id,
+          outboxDone: [record.id],
+        });
+        if (r === DUPLICATE) await this.store.ackOutbox([record.id]);
+      } else {
+        await this.#commitBare(cell, { outboxDone: [record.id] });
+      }
+    });
+  }
+
+  /** Passivates actors idle longer than `idleMs`. Returns how many were passivated. */
+  async passivateIdle(now = this.#now()): Promise<number> {
+    let n = 0;
+    for (const [stream, cell] of this.#cells) {
+      if (!cell.running && cell.queue.length === 0 && now - cell.lastUsed >= this.#idleMs) {
+        this.#cells.delete(stream);
+        cell.actor?.stop();
+        await this.#ownership.release(stream);
+        n++;
+      }
+    }
+    return n;
+  }
+
+  /** Waits for running turns, passivates everything and stops; safe to call twice. */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    clearInterval(this.#sweep);
+    const busy = [...this.#cells.values()].filter((c) => c.running || c.queue.length > 0);
+    await Promise.all(busy.map((c) => this.#enqueue(c.address, async () => {}).catch(() => {})));
+    await this.passivateIdle(Number.POSITIVE_INFINITY);
+  }
+
+  #enqueue<T>(address: ActorAddress, fn: (cell: Cell) => Promise<T>): Promise<T> {
+    if (this.#closed) return Promise.reject(new ProtocolError('UNAVAILABLE', 'The server is shutting down; retry on another connection.', { retryAfterMs: 1000 }));
+    const kind = this.kind(address.kind);
+    const stream = streamOf(address);
+    let cell = this.#cells.get(stream);
+    if (!cell) {
+      cell = {
+        address,
+        stream,
+        kind,
+        actor: null,
+        version: 0,
+        epoch: 0,
+        queue: [],
+        running: false,
+        lastUsed: this.#now(),
+        captured: null,
+        stale: true,
+      };
+      this.#cells.set(stream, cell);
+    }
+    return new Promise<T>((resolve, reject) => {
+      cell.queue.push({ run: (c) => fn(c).then(resolve, reject), fail: reject });
+      if (!cell.running) void this.#drain(cell);
+    });
+  }
+
+  async #drain(cell: Cell): Promise<void> {
+    cell.running = true;
+    try {
+      while (cell.queue.length > 0) {
+        const job = cell.queue.shift()!;
+        try {
+          if (cell.stale) await this.#activate(cell);
+        } catch (e) {
+          // Activation failed: refuse this job; the cell stays stale and the next job tries again.
+          job.fail(new ProtocolError('UNAVAILABLE', `The ${cell.kind.kind} could not be loaded (${(e as Error).message}); retry shortly.`, { retryAfterMs: 500 }));
+          continue;
+        }
+        cell.lastUsed = this.#now();
+        await job.run(cell);
+      }
+    } finally {
+      cell.running = false;
+    }
+  }
+
+  async #activate(cell: Cell): Promise<void> {
+    cell.actor?.stop();
+    cell.actor = null;
+    const lease = await this.#ownership.acquire(cell.stream);
+    const snap = await this.store.loadSnapshot(cell.stream);
+    const events = await this.store.readStream(cell.stream, snap?.version ?? 0);
+    const machine = cell.kind.machine;
+    const actor = createActor(machine, snap ? { snapshot: snap.state as never } : {});
+    actor.on('*', (fx: Effect) => cell.captured?.push(fx));
+    actor.start();
+    for (const e of events) actor.send(e.data as never);
+    cell.actor = actor;
+    cell.version = events.length > 0 ? events[events.length - 1]!.version : (snap?.version ?? 0);
+    cell.epoch = lease.epoch;
+    cell.stale = false;
+  }
+
+  async #turn(cell: Cell, event: { type: string } & Record<string, unknown>, opts: TurnOptions): Promise<TurnResult | typeof DUPLICATE> {
+    const actor = cell.actor!;
+    const before = actor.getSnapshot();
+    const at = this.#now();
+    const machineEvent = { ...event, at, by: opts.principal };
+    const possible = before.can(machineEvent);
+    if (!possible && !cell.kind.exists(before)) throw this.#illegal(cell, before, event.type);
+    opts.check?.(before, cell.version);
+    if (opts.expectedVersion !== undefined && opts.expectedVersion !== cell.version) {
+      throw new ProtocolError('VERSION_MISMATCH', `Expected version ${opts.expectedVersion} but the ${cell.kind.kind} is at version ${cell.version}; read it again and retry.`, {
+        expectedVersion: opts.expectedVersion,
+        actualVersion: cell.version,
+      });
+    }
+    if (!possible) throw this.#illegal(cell, before, event.type);
+
+    cell.captured = [];
+    actor.send(machineEvent as never);
+    const effects = cell.captured;
+    cell.captured = null;
+    const after = actor.getSnapshot();
+    if (after.status === 'error') {
+      cell.stale = true;
+      throw new ProtocolError('INTERNAL', `The ${cell.kind.kind} machine failed on ${event.type}.`);
+    }
+
+    const version = cell.version + 1;
+    const meta: EventMeta = { at, principal: opts.principal, status: cell.kind.status(after) };
+    if (opts.correlationId) meta.correlationId = opts.correlationId;
+    if (opts.causationId) meta.causationId = opts.causationId;
+    const newEvent = { id: opts.eventId ?? randomUUID(), type: event.type, data: machineEvent, meta };
+    const topics = cell.kind.topics({ type: event.type, data: machineEvent, actorId: cell.address.id }, before, after);
+    const item: CommitItem = {
+      stream: cell.stream,
+      tenant: cell.address.tenant,
+      kind: cell.address.kind,
+      actorId: cell.address.id,
+      expectedVersion: cell.version,
+      epoch: cell.epoch,
+      events: [newEvent],
+      topics: [topics],
+      view: cell.kind.view(after, cell.address, version),
+    };
+    if (version % (cell.kind.snapshotEvery ?? 50) === 0) item.snapshot = actor.getPersistedSnapshot();
+    this.#applyEffects(cell, item, effects, at, newEvent.id);
+    if (opts.firedTimer) item.firedTimers = [opts.firedTimer];
+    if (opts.outboxDone) item.outboxDone = opts.outboxDone;
+    if (opts.idempotency) item.idempotency = { ...opts.idempotency, result: opts.idempotency.result(after, version) };
+
+    const [outcome] = await this.store.commit([item]).catch((e: unknown) => {
+      cell.stale = true;
+      throw new ProtocolError('UNAVAILABLE', `The store did not accept the write (${(e as Error).message}); nothing was changed, retry shortly.`, { retryAfterMs: 500 });
+    });
+    if (!outcome!.ok) {
+      // Memory ran ahead of the store: reload before the next message.
+      cell.stale = true;
+      switch (outcome!.reason) {
+        case 'duplicate_event':
+          return DUPLICATE;
+        case 'idempotency_conflict':
+          throw new IdempotencyConflict(outcome!.key);
+        case 'stale_epoch':
+          throw new ProtocolError('UNAVAILABLE', `Ownership of this ${cell.kind.kind} moved to another node; retry.`, { retryAfterMs: 100 });
+        case 'version_conflict':
+          throw new ProtocolError('UNAVAILABLE', `The ${cell.kind.kind} was changed by another writer; retry.`, { retryAfterMs: 100 });
+      }
+    }
+    cell.version = version;
+    const stored: StoredEvent = {
+      ...newEvent,
+      position: outcome!.positions[0]!,
+      stream: cell.stream,
+      tenant: cell.address.tenant,
+      kind: cell.address.kind,
+      actorId: cell.address.id,
+      version,
+    };
+    for (const l of this.#listeners) l([stored], [topics]);
+    for (const t of item.scheduleTimers ?? []) this.#opts.onTimerScheduled?.(t.fireAt);
+    if (item.outbox?.length) this.#opts.onOutbox?.(item.outbox);
+    return { snapshot: after, version, event: stored };
+  }
+
+  #applyEffects(cell: Cell, item: CommitItem, effects: Effect[], at: number, eventId: string): void {
+    let n = 0;
+    for (const fx of effects) {
+      switch (fx.type) {
+        case 'fx.timer.schedule':
+          item.cancelTimers = item.cancelTimers?.filter((x) => x !== fx.name);
+          (item.scheduleTimers ??= []).push({
+            stream: cell.stream,
+            tenant: cell.address.tenant,
+            kind: cell.address.kind,
+            actorId: cell.address.id,
+            name: fx.name,
+            fireAt: fx.fireAt,
+            event: {},
+          });
+          break;
+        case 'fx.timer.cancel':
+          item.scheduleTimers = item.scheduleTimers?.filter((t) => !fx.names.includes(t.name));
+          (item.cancelTimers ??= []).push(...fx.names);
+          break;
+        case 'fx.send':
+          (item.outbox ??= []).push({
+            // Deterministic per emitting event, so a re-run of the same turn cannot double-send.
+            id: `${eventId}:${n++}`,
+            source: cell.stream,
+            tenant: cell.address.tenant,
+            targetKind: fx.kind,
+            targetId: fx.id,
+            event: fx.event,
+            createdAt: at,
+          });
+          break;
+      }
+    }
+  }
+
+  async #commitBare(cell: Cell, patch: Pick<CommitItem, 'firedTimers' | 'outboxDone'>): Promise<void> {
+    const [outcome] = await this.store.commit([
+      {
+        stream: cell.stream,
+        tenant: cell.address.tenant,
+        kind: cell.address.kind,
+        actorId: cell.address.id,
+        expectedVersion: cell.version,
+        epoch: cell.epoch,
+        events: [],
+        topics: [],
+        ...patch,
+      },
+    ]);
+    if (!outcome!.ok) cell.stale = true;
+  }
+
+  #illegal(cell: Cell, snapshot: SnapshotFrom<AnyStateMachine>, type: string): ProtocolError {
+    const kind = cell.kind;
+    if (!kind.exists(snapshot)) {
+      return new ProtocolError('NOT_FOUND', `${kind.kind} ${cell.address.id} does not exist.`, { kind: kind.kind, id: cell.address.id });
+    }
+    const status = kind.status(snapshot);
+    const allowed = acceptedEvents(snapshot);
+    return new ProtocolError(
+      'ILLEGAL_TRANSITION',
+      `${kind.kind} ${cell.address.id} is ${status}; ${type} is not allowed now. Allowed now: ${allowed.join(', ') || 'nothing'}.`,
+      { kind: kind.kind, id: cell.address.id, status, event: type, allowed },
+    );
+  }
+}
+
+/** The client-facing event types a snapshot has transitions for (guards not evaluated). */
+export function acceptedEvents(snapshot: SnapshotFrom<AnyStateMachine>): string[] {
+  const types = new Set<string>();
+  for (const t of getNextTransitions(snapshot)) {
+    if (t.eventType && !t.eventType.startsWith('timer.') && !t.eventType.startsWith('xstate.')) types.add(t.eventType);
+  }
+  return [...types];
+}

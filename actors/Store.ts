@@ -1,0 +1,255 @@
+/**
+ * The storage port of the actor runtime. Every adapter (memory, SQLite, MongoDB) implements
+ * {@link Store} and passes the same contract suite (`test/contracts/storeContract.ts`).
+ *
+ * One {@link CommitItem} is the unit of atomicity: an actor's new events, its snapshot, its read
+ * model row, its timers, its outbox entries and an idempotency key are written together or not at
+ * all. Several items may be written in one physical transaction (group commit), but each succeeds
+ * or fails on its own.
+ */
+
+/** Who caused an event, and when. Times are milliseconds since the epoch. */
+export interface EventMeta {
+  /** Milliseconds since the Unix epoch, stamped by the runtime. */
+  at: number;
+  /** The principal that caused the event (`system` for timers and internal messages). */
+  principal: string;
+  /** Correlates everything one client request caused. */
+  correlationId?: string;
+  /** The id of the event or outbox message that caused this one. */
+  causationId?: string;
+  /** The actor's status after this event (for timelines and notifications). */
+  status?: string;
+}
+
+/** An event to append. */
+export interface NewEvent {
+  /** Unique across the whole store; a second append of the same id is refused. */
+  id: string;
+  type: string;
+  /** The event exactly as the machine received it (includes `type`). */
+  data: Record<string, unknown>;
+  meta: EventMeta;
+}
+
+/** An event as stored. */
+export interface StoredEvent extends NewEvent {
+  /** Global position in the store's feed: strictly increasing in commit order, starting at 1. */
+  position: number;
+  stream: string;
+  tenant: string;
+  kind: string;
+  actorId: string;
+  /** Version within the stream, starting at 1. */
+  version: number;
+}
+
+/** A durable timer. At most one timer per `(stream, name)`: scheduling again replaces it. */
+export interface TimerRecord {
+  stream: string;
+  tenant: string;
+  kind: string;
+  actorId: string;
+  name: string;
+  /** Milliseconds since the epoch. */
+  fireAt: number;
+  /** The event delivered to the actor when the timer fires. */
+  event: Record<string, unknown>;
+}
+
+/** A message to another actor, stored with the event that emitted it and delivered after commit. */
+export interface OutboxRecord {
+  /** Unique id; receivers use it to drop duplicates. */
+  id: string;
+  /** The stream whose commit emitted the message. */
+  source: string;
+  tenant: string;
+  targetKind: string;
+  targetId: string;
+  event: Record<string, unknown>;
+  createdAt: number;
+}
+
+/** The queryable read model row of one actor, kept in step with its stream. */
+export interface ViewRecord {
+  tenant: string;
+  kind: string;
+  id: string;
+  /** The stream's version this row reflects. */
+  version: number;
+  status: string;
+  /** The agent the actor is assigned to, if any. */
+  owner: string | null;
+  type: string | null;
+  priority: string | null;
+  parentId: string | null;
+  createdBy: string | null;
+  /** Milliseconds since the epoch. */
+  createdAt: number;
+  updatedAt: number;
+  /** Lower-cased free text that `text` queries search as a substring. */
+  text: string;
+  archived: boolean;
+  /** The full resource as returned to clients. */
+  doc: Record<string, unknown>;
+}
+
+/** Filters for {@link Store.queryViews}; every given filter must hold. */
+export interface ViewQuery {
+  status?: string[];
+  owner?: string;
+  type?: string;
+  priority?: string[];
+  parentId?: string;
+  createdBy?: string;
+  /** Case-insensitive substring of {@link ViewRecord.text}. */
+  text?: string;
+  /** `false` (default): only rows not archived; `true`: only archived rows; `'any'`: both. */
+  archived?: boolean | 'any';
+  createdAfter?: number;
+  createdBefore?: number;
+  updatedBefore?: number;
+  /** Page size, 1..1000. */
+  limit?: number;
+  /** Opaque cursor from a previous page's `nextCursor`. */
+  cursor?: string;
+}
+
+/** A page of rows, newest first (by `createdAt`, then `id`, both descending). */
+export interface ViewPage {
+  items: ViewRecord[];
+  nextCursor: string | null;
+}
+
+/** Counts over the rows matching a query (its `limit` and `cursor` are ignored). */
+export interface ViewStats {
+  total: number;
+  byStatus: Record<string, number>;
+  byPriority: Record<string, number>;
+  byType: Record<string, number>;
+}
+
+/** An idempotency record: the hash of the first request and the result it produced. */
+export interface IdempotencyRecord {
+  tenant: string;
+  key: string;
+  requestHash: string;
+  result: unknown;
+  createdAt: number;
+}
+
+/** Everything one actor turn writes. */
+export interface CommitItem {
+  stream: string;
+  tenant: string;
+  kind: string;
+  actorId: string;
+  /** The stream's version before these events (0 for a new stream). */
+  expectedVersion: number;
+  /** The writer's fencing epoch; refused if lower than the highest epoch the stream has seen. */
+  epoch: number;
+  /** Events to append; may be empty when only timers or outbox entries change. */
+  events: NewEvent[];
+  /** Topics of each event, parallel to `events`. Topic names are unique within a tenant. */
+  topics: string[][];
+  /** The actor's persisted state after these events, at version `expectedVersion + events.length`. */
+  snapshot?: unknown;
+  /** The read model row after these events; `null` deletes it. */
+  view?: ViewRecord | null;
+  /** Timers to create or replace. */
+  scheduleTimers?: TimerRecord[];
+  /** Timers of this stream to delete, by name. */
+  cancelTimers?: string[];
+  /** Timers of this stream to delete only if still due at the given time (a fired timer). */
+  firedTimers?: { name: string; fireAt: number }[];
+  /** Messages to other actors. */
+  outbox?: OutboxRecord[];
+  /** Outbox entries (of any stream) that this commit consumed, deleted with it. */
+  outboxDone?: string[];
+  /** Claim an idempotency key; the item fails with `idempotency_conflict` if it exists. */
+  idempotency?: IdempotencyRecord;
+}
+
+/** Why an item was refused. */
+export type CommitFailure =
+  | { ok: false; reason: 'version_conflict'; actualVersion: number }
+  | { ok: false; reason: 'stale_epoch'; currentEpoch: number }
+  | { ok: false; reason: 'duplicate_event'; eventId: string }
+  | { ok: false; reason: 'idempotency_conflict'; key: string };
+
+/** The result of one item: the positions given to its events, or why it was refused. */
+export type CommitOutcome = { ok: true; positions: number[] } | CommitFailure;
+
+/** A tenant. */
+export interface TenantRecord {
+  id: string;
+  name: string;
+  createdAt: number;
+}
+
+/** An API key; only the hash of its secret is stored. */
+export interface ApiKeyRecord {
+  id: string;
+  tenant: string;
+  principal: string;
+  roles: string[];
+  /** Hex SHA-256 of the secret part of the key. */
+  secretHash: string;
+  label: string;
+  createdAt: number;
+  revokedAt: number | null;
+}
+
+/**
+ * The storage port. Methods are async so that networked adapters fit; the embedded adapter may
+ * batch concurrent {@link Store.commit} calls into one transaction.
+ */
+export interface Store {
+  /** Writes each item atomically; items succeed or fail independently. Resolves once durable. */
+  commit(items: CommitItem[]): Promise<CommitOutcome[]>;
+  /** Events of a stream with `version > afterVersion`, in order, at most `limit`. */
+  readStream(stream: string, afterVersion?: number, limit?: number): Promise<StoredEvent[]>;
+  /** The stream's current version and highest epoch seen (both 0 for an unknown stream). */
+  streamInfo(stream: string): Promise<{ version: number; epoch: number }>;
+  /** The latest snapshot of a stream, if any. */
+  loadSnapshot(stream: string): Promise<{ version: number; state: unknown } | undefined>;
+  /** Events of a tenant's topic with `position > afterPosition`, in position order. */
+  readTopic(tenant: string, topic: string, afterPosition: number, limit: number): Promise<StoredEvent[]>;
+  /** All events of all tenants with `position > afterPosition`, in position order. */
+  readFeed(afterPosition: number, limit: number): Promise<StoredEvent[]>;
+  /** The highest position written (0 when empty). */
+  headPosition(): Promise<number>;
+  /** Every stream name with at least one event, optionally of one kind. */
+  listStreams(kind?: string): Promise<string[]>;
+
+  getView(tenant: string, kind: string, id: string): Promise<ViewRecord | undefined>;
+  getViews(tenant: string, kind: string, ids: string[]): Promise<ViewRecord[]>;
+  queryViews(tenant: string, kind: string, query: ViewQuery): Promise<ViewPage>;
+  statsViews(tenant: string, kind: string, query: ViewQuery): Promise<ViewStats>;
+
+  /** Timers with `fireAt <= now`, earliest first. */
+  dueTimers(now: number, limit: number): Promise<TimerRecord[]>;
+  /** The earliest `fireAt` of any timer, if any. */
+  nextTimerAt(): Promise<number | undefined>;
+  /** Outbox entries not yet consumed, oldest first. */
+  pendingOutbox(limit: number): Promise<OutboxRecord[]>;
+  /** Deletes outbox entries (delivered or dropped as duplicates). */
+  ackOutbox(ids: string[]): Promise<void>;
+
+  getIdempotency(tenant: string, key: string): Promise<IdempotencyRecord | undefined>;
+
+  putTenant(tenant: TenantRecord): Promise<void>;
+  getTenant(id: string): Promise<TenantRecord | undefined>;
+  listTenants(): Promise<TenantRecord[]>;
+  putApiKey(key: ApiKeyRecord): Promise<void>;
+  getApiKey(id: string): Promise<ApiKeyRecord | undefined>;
+  listApiKeys(tenant?: string): Promise<ApiKeyRecord[]>;
+  revokeApiKey(id: string, at: number): Promise<boolean>;
+
+  /** Increments and returns a named durable counter (starts at 1). Used for fencing epochs. */
+  nextCounter(name: string): Promise<number>;
+  /** Resolves when the store answers; rejects otherwise. */
+  ping(): Promise<void>;
+  /** Flushes pending commits and closes; safe to call twice. */
+  close(): Promise<void>;
+}

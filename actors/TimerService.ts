@@ -1,0 +1,156 @@
+import type { ActorHost } from './ActorHost.js';
+import type { OutboxRecord } from './Store.js';
+
+/** setTimeout cannot wait longer than this. */
+const MAX_DELAY_MS = 2_147_483_647;
+
+/** Options of {@link TimerService}; durations in milliseconds. */
+export interface TimerServiceOptions {
+  host: ActorHost;
+  /** Timers fetched per wake (default 256). */
+  batch?: number;
+  /** Re-check the store at least this often, for timers written by other processes (default 30 000). */
+  pollMs?: number;
+  now?: () => number;
+  /** Called with how late each timer fired (for metrics). */
+  onFired?: (lagMs: number) => void;
+}
+
+/**
+ * Fires durable timers: they live in the store, so a timer scheduled before a crash fires after
+ * the restart. One in-memory wake-up is armed for the earliest timer; scheduling an earlier one
+ * re-arms it.
+ */
+export class TimerService {
+  #host: ActorHost;
+  #batch: number;
+  #pollMs: number;
+  #now: () => number;
+  #handle: NodeJS.Timeout | null = null;
+  #wakeAt = Number.POSITIVE_INFINITY;
+  #inFlight = new Set<string>();
+  #running = false;
+  #closed = false;
+  #opts: TimerServiceOptions;
+
+  constructor(opts: TimerServiceOptions) {
+    this.#opts = opts;
+    this.#host = opts.host;
+    this.#batch = opts.batch ?? 256;
+    this.#pollMs = opts.pollMs ?? 30_000;
+    this.#now = opts.now ?? Date.now;
+  }
+
+  /** Arms the first wake-up from the store. */
+  async start(): Promise<void> {
+    await this.#rearm();
+  }
+
+  /** Tells the service a timer was scheduled for `fireAt`, so it can wake earlier. */
+  scheduled(fireAt: number): void {
+    if (fireAt < this.#wakeAt) this.#arm(fireAt);
+  }
+
+  /** Stops; safe to call twice. */
+  close(): void {
+    this.#closed = true;
+    if (this.#handle) clearTimeout(this.#handle);
+    this.#handle = null;
+  }
+
+  #arm(at: number): void {
+    if (this.#closed) return;
+    if (this.#handle) clearTimeout(this.#handle);
+    const next = Math.min(at, this.#now() + this.#pollMs);
+    this.#wakeAt = next;
+    this.#handle = setTimeout(() => void this.#fire(), Math.min(Math.max(0, next - this.#now()), MAX_DELAY_MS));
+    this.#handle.unref();
+  }
+
+  async #rearm(): Promise<void> {
+    if (this.#closed) return;
+    const next = await this.#host.store.nextTimerAt();
+    this.#wakeAt = Number.POSITIVE_INFINITY;
+    this.#arm(next ?? Number.POSITIVE_INFINITY);
+  }
+
+  async #fire(): Promise<void> {
+    this.#handle = null;
+    this.#wakeAt = Number.POSITIVE_INFINITY;
+    if (this.#running || this.#closed) return;
+    this.#running = true;
+    try {
+      for (;;) {
+        const now = this.#now();
+        const due = (await this.#host.store.dueTimers(now, this.#batch)).filter(
+          (t) => !this.#inFlight.has(`${t.stream}#${t.name}#${t.fireAt}`),
+        );
+        if (due.length === 0) break;
+        await Promise.all(
+          due.map(async (t) => {
+            const key = `${t.stream}#${t.name}#${t.fireAt}`;
+            this.#inFlight.add(key);
+            try {
+              await this.#host.fireTimer(t);
+              this.#opts.onFired?.(this.#now() - t.fireAt);
+            } catch {
+              // Left in the store; the next wake tries again.
+            } finally {
+              this.#inFlight.delete(key);
+            }
+          }),
+        );
+        if (due.length < this.#batch || this.#closed) break;
+      }
+    } finally {
+      this.#running = false;
+    }
+    await this.#rearm().catch(() => this.#arm(this.#now() + 1000));
+  }
+}
+
+/**
+ * Delivers outbox messages after their commit, and on start delivers what a crash left behind.
+ * Delivery is at least once; the receiving actor drops duplicates by message id.
+ */
+export class OutboxDispatcher {
+  #host: ActorHost;
+  #retry: NodeJS.Timeout | null = null;
+  #closed = false;
+
+  constructor(host: ActorHost) {
+    this.#host = host;
+  }
+
+  /** Delivers everything pending in the store. */
+  async start(): Promise<void> {
+    await this.#drainStore();
+  }
+
+  /** Delivers freshly committed records now. */
+  dispatch(records: OutboxRecord[]): void {
+    for (const r of records) {
+      this.#host.deliver(r).catch(() => this.#later());
+    }
+  }
+
+  /** Stops retrying; safe to call twice. */
+  close(): void {
+    this.#closed = true;
+    if (this.#retry) clearTimeout(this.#retry);
+  }
+
+  #later(): void {
+    if (this.#retry || this.#closed) return;
+    this.#retry = setTimeout(() => {
+      this.#retry = null;
+      void this.#drainStore();
+    }, 1000);
+    this.#retry.unref();
+  }
+
+  async #drainStore(): Promise<void> {
+    const pending = await this.#host.store.pendingOutbox(1000);
+    this.dispatch(pending);
+  }
+}

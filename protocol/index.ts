@@ -1,0 +1,7 @@
+/** The Troupe wire contract: JSON-RPC envelope, methods, errors, resources and the client. */
+export * from './errors.js';
+export * from './jsonrpc.js';
+export * from './methods.js';
+export * from './model.js';
+export * from './schema.js';
+export * from './client.js';

@@ -1,0 +1,153 @@
+/**
+ * Resource shapes as they travel on the wire, and the domain vocabulary shared by the machines,
+ * the server and clients.
+ */
+
+/** Task priorities, lowest first. */
+export const TaskPriorities = ['low', 'normal', 'high', 'critical'] as const;
+export type TaskPriority = (typeof TaskPriorities)[number];
+
+/** Every state a task can rest in. `draft` and `deleted` are never visible to clients. */
+export const TaskStatuses = [
+  'pending',
+  'assigned',
+  'accepted',
+  'in_progress',
+  'input_required',
+  'completed',
+  'failed',
+  'cancelled',
+  'timed_out',
+] as const;
+export type TaskStatus = (typeof TaskStatuses)[number];
+
+/** States a task never leaves (except `failed`, which a retry reopens). */
+export const TerminalTaskStatuses: readonly TaskStatus[] = ['completed', 'failed', 'cancelled', 'timed_out'];
+
+/**
+ * Task states in the A2A protocol's vocabulary, so agents that speak A2A feel at home.
+ * @see https://a2a-protocol.org — TaskState
+ */
+export const A2AStates: Record<TaskStatus, string> = {
+  pending: 'submitted',
+  assigned: 'submitted',
+  accepted: 'submitted',
+  in_progress: 'working',
+  input_required: 'input-required',
+  completed: 'completed',
+  failed: 'failed',
+  cancelled: 'canceled',
+  timed_out: 'failed',
+};
+
+/** How a task changed hands. */
+export type DelegationKind = 'manual' | 'automatic' | 'failover' | 'load_balance';
+
+/** One link of a task's chain of custody. */
+export interface Delegation {
+  from: string | null;
+  to: string;
+  reason: string;
+  kind: DelegationKind;
+  /** ISO 8601. */
+  at: string;
+}
+
+/** A task as returned by every task method. Times are ISO 8601 strings. */
+export interface Task {
+  id: string;
+  tenantId: string;
+  type: string;
+  title: string;
+  description: string;
+  priority: TaskPriority;
+  parameters: Record<string, unknown>;
+  requiredCapabilities: string[];
+  createdBy: string;
+  assignedTo: string | null;
+  parentTaskId: string | null;
+  status: TaskStatus;
+  /** The A2A name of `status`. */
+  a2aState: string;
+  progress: { percent: number; message: string } | null;
+  inputRequest: { prompt: string; schema: unknown } | null;
+  /** Answers given to input requests, oldest first. */
+  inputs: { prompt: string; input: unknown; by: string; at: string }[];
+  result: unknown;
+  error: string | null;
+  maxRetries: number;
+  retryCount: number;
+  /** Base back-off before an automatic retry; doubles with each attempt. */
+  retryBackoffMs: number;
+  /** When a retry is scheduled, the time it fires. */
+  retryAt: string | null;
+  timeoutSeconds: number | null;
+  deadline: string | null;
+  delegations: Delegation[];
+  rejections: { by: string; reason: string; at: string }[];
+  archived: boolean;
+  version: number;
+  createdAt: string;
+  updatedAt: string;
+  assignedAt: string | null;
+  acceptedAt: string | null;
+  startedAt: string | null;
+  completedAt: string | null;
+}
+
+/** Agent availability. */
+export const AgentStatuses = ['offline', 'online', 'busy', 'draining'] as const;
+export type AgentStatus = (typeof AgentStatuses)[number];
+
+/** An agent as returned by agent methods. */
+export interface Agent {
+  id: string;
+  tenantId: string;
+  name: string;
+  kind: string;
+  capabilities: string[];
+  maxConcurrentTasks: number;
+  costPerTask: number;
+  metadata: Record<string, unknown>;
+  status: AgentStatus;
+  /** How many connections this agent has open now. */
+  connections: number;
+  lastSeenAt: string | null;
+  registeredAt: string;
+  version: number;
+}
+
+/** Tenant roles. */
+export const Roles = ['admin', 'agent', 'observer'] as const;
+export type Role = (typeof Roles)[number];
+
+/** Who a connection is. */
+export interface Principal {
+  tenantId: string;
+  principalId: string;
+  roles: Role[];
+}
+
+/** One event of an actor's stream, as clients see it (timelines, subscriptions). */
+export interface ActorEvent {
+  id: string;
+  /** Position in the tenant's feed; resume subscriptions from it. */
+  position: number;
+  kind: string;
+  actorId: string;
+  version: number;
+  type: string;
+  /** ISO 8601. */
+  at: string;
+  principal: string;
+  /** The actor's status after this event. */
+  status: string | null;
+  data: Record<string, unknown>;
+  correlationId: string | null;
+}
+
+/** A page of a list method. */
+export interface Page<T> {
+  items: T[];
+  nextCursor: string | null;
+}

@@ -1,0 +1,121 @@
+import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
+import { jwtVerify } from 'jose';
+import type { ApiKeyRecord, Store } from '../../actors/Store.js';
+import { ProtocolError } from '../../protocol/errors.js';
+import { Roles, type Principal, type Role } from '../../protocol/model.js';
+import { Id, TenantId } from '../../protocol/methods.js';
+
+/** API keys look like `trp_<keyId>_<secret>`; only SHA-256 of the secret is stored. */
+const KEY_PATTERN = /^trp_([A-Za-z0-9]{12})_([A-Za-z0-9_-]{32,64})$/;
+
+/** Options of {@link Authenticator}. */
+export interface AuthenticatorOptions {
+  store: Store;
+  /** HS256 secret for JWT bearer tokens; JWTs are refused when unset. */
+  jwtSecret?: string;
+  /** Expected `iss` of JWTs, if any. */
+  jwtIssuer?: string;
+  /** Expected `aud` of JWTs, if any. */
+  jwtAudience?: string;
+}
+
+/** A freshly created key: `key` is shown once and never stored. */
+export interface CreatedKey {
+  key: string;
+  record: ApiKeyRecord;
+}
+
+function sha256(s: string): string {
+  return createHash('sha256').update(s).digest('hex');
+}
+
+function alnum(n: number): string {
+  const alphabet = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789';
+  const bytes = randomBytes(n);
+  let s = '';
+  for (const b of bytes) s += alphabet[b % alphabet.length];
+  return s;
+}
+
+/** Checks and normalises a role list. */
+export function parseRoles(roles: unknown): Role[] {
+  if (!Array.isArray(roles) || roles.length === 0 || !roles.every((r) => (Roles as readonly string[]).includes(r))) {
+    throw new ProtocolError('UNAUTHENTICATED', `The credential's roles must be a non-empty list of ${Roles.join(', ')}.`);
+  }
+  return [...new Set(roles as Role[])];
+}
+
+/**
+ * Turns bearer tokens into principals: API keys (looked up by id, secret compared by hash in
+ * constant time) or JWTs signed with the configured secret (`tid` or `tenant`, `sub`, `roles`).
+ */
+export class Authenticator {
+  #store: Store;
+  #secret: Uint8Array | null;
+  #opts: AuthenticatorOptions;
+
+  constructor(opts: AuthenticatorOptions) {
+    this.#opts = opts;
+    this.#store = opts.store;
+    this.#secret = opts.jwtSecret ? new TextEncoder().encode(opts.jwtSecret) : null;
+  }
+
+  /** Creates a tenant if missing, then an API key for a principal of it. */
+  async createKey(input: { tenant: string; principal: string; roles: Role[]; label?: string; now?: number }): Promise<CreatedKey> {
+    const tenant = TenantId.parse(input.tenant);
+    const principal = Id.parse(input.principal);
+    const roles = parseRoles(input.roles);
+    const now = input.now ?? Date.now();
+    if (!(await this.#store.getTenant(tenant))) await this.#store.putTenant({ id: tenant, name: tenant, createdAt: now });
+    const id = alnum(12);
+    const secret = alnum(40);
+    const record: ApiKeyRecord = {
+      id,
+      tenant,
+      principal,
+      roles,
+      secretHash: sha256(secret),
+      label: input.label ?? '',
+      createdAt: now,
+      revokedAt: null,
+    };
+    await this.#store.putApiKey(record);
+    return { key: `trp_${id}_${secret}`, record };
+  }
+
+  /** Resolves a token to its principal, or throws UNAUTHENTICATED saying why. */
+  async authenticate(token: string): Promise<Principal> {
+    const m = KEY_PATTERN.exec(token);
+    if (m) return this.#apiKey(m[1]!, m[2]!);
+    if (token.split('.').length === 3) return this.#jwt(token);
+    throw new ProtocolError('UNAUTHENTICATED', 'The token is neither an API key (trp_...) nor a JWT.');
+  }
+
+  async #apiKey(id: string, secret: string): Promise<Principal> {
+    const rec = await this.#store.getApiKey(id);
+    const given = Buffer.from(sha256(secret), 'hex');
+    const ok = rec !== undefined && timingSafeEqual(given, Buffer.from(rec.secretHash, 'hex'));
+    if (!ok || !rec) throw new ProtocolError('UNAUTHENTICATED', 'The API key is not valid.');
+    if (rec.revokedAt !== null) throw new ProtocolError('UNAUTHENTICATED', 'The API key was revoked.');
+    return { tenantId: rec.tenant, principalId: rec.principal, roles: rec.roles as Role[] };
+  }
+
+  async #jwt(token: string): Promise<Principal> {
+    if (!this.#secret) throw new ProtocolError('UNAUTHENTICATED', 'This server does not accept JWTs (no TROUPE_JWT_SECRET is configured).');
+    let payload: Record<string, unknown>;
+    try {
+      ({ payload } = await jwtVerify(token, this.#secret, {
+        algorithms: ['HS256', 'HS384', 'HS512'],
+        issuer: this.#opts.jwtIssuer,
+        audience: this.#opts.jwtAudience,
+      }));
+    } catch (e) {
+      throw new ProtocolError('UNAUTHENTICATED', `The JWT is not valid: ${(e as Error).message}`);
+    }
+    const tenant = TenantId.safeParse(payload.tid ?? payload.tenant);
+    const sub = Id.safeParse(payload.sub);
+    if (!tenant.success) throw new ProtocolError('UNAUTHENTICATED', 'The JWT needs a "tid" (or "tenant") claim naming a valid tenant id.');
+    if (!sub.success) throw new ProtocolError('UNAUTHENTICATED', 'The JWT needs a "sub" claim that is a valid principal id.');
+    return { tenantId: tenant.data, principalId: sub.data, roles: parseRoles(payload.roles) };
+  }
+}

@@ -1,0 +1,80 @@
+import { parseArgs } from 'node:util';
+import path from 'node:path';
+
+/** Server configuration. Every field has a documented default and an environment variable. */
+export interface Config {
+  /** TCP port (`TROUPE_PORT`, `--port`); 0 picks a free one. Default 7420. */
+  port: number;
+  /** Interface to listen on (`TROUPE_HOST`, `--host`). Default 127.0.0.1. */
+  host: string;
+  /** Directory for the embedded store and the bootstrap key (`TROUPE_DATA_DIR`, `--data-dir`). Default ./data. */
+  dataDir: string;
+  /**
+   * Store URL (`TROUPE_STORE`, `--store`): `sqlite:<file>` (default `sqlite:<dataDir>/troupe.db`)
+   * or `memory:` (nothing survives a restart).
+   */
+  store: string;
+  /** SQLite durability (`TROUPE_SQLITE_SYNC`): FULL survives power loss (default), NORMAL only process crashes. */
+  sqliteSync: 'FULL' | 'NORMAL';
+  /** Largest frame answered with an error instead of a close (`TROUPE_MAX_FRAME_BYTES`). Default 1 MiB. */
+  maxFrameBytes: number;
+  /** Unauthenticated connections are closed after this long (`TROUPE_AUTH_GRACE_MS`). Default 10 000. */
+  authGraceMs: number;
+  /** Actors idle this long are passivated (`TROUPE_IDLE_MS`). Default 60 000. */
+  idleMs: number;
+  /** A subscriber with more unsent bytes than this is dropped (`TROUPE_MAX_BUFFERED_BYTES`). Default 8 MiB. */
+  maxBufferedBytes: number;
+  /** HS256 secret that enables JWT bearer tokens (`TROUPE_JWT_SECRET`). Unset: API keys only. */
+  jwtSecret?: string;
+  /** Required `iss` of JWTs (`TROUPE_JWT_ISSUER`). */
+  jwtIssuer?: string;
+  /** Required `aud` of JWTs (`TROUPE_JWT_AUDIENCE`). */
+  jwtAudience?: string;
+  /** pino level (`TROUPE_LOG_LEVEL`): trace, debug, info, warn, error, silent. Default info. */
+  logLevel: string;
+  /** Create a tenant and an admin key on first start when none exists (`TROUPE_BOOTSTRAP`). Default true. */
+  bootstrap: boolean;
+}
+
+function int(v: string | undefined, fallback: number, name: string): number {
+  if (v === undefined || v === '') return fallback;
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 0) throw new Error(`${name} must be a non-negative integer, got "${v}"`);
+  return n;
+}
+
+/** Reads the configuration from flags (first) and environment variables. */
+export function loadConfig(argv: string[] = process.argv.slice(2), env: NodeJS.ProcessEnv = process.env): Config {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      port: { type: 'string' },
+      host: { type: 'string' },
+      'data-dir': { type: 'string' },
+      store: { type: 'string' },
+      'log-level': { type: 'string' },
+    },
+    strict: false,
+    allowPositionals: true,
+  });
+  const str = (k: string) => (typeof values[k] === 'string' ? (values[k] as string) : undefined);
+  const dataDir = path.resolve(str('data-dir') ?? env.TROUPE_DATA_DIR ?? './data');
+  const sync = (env.TROUPE_SQLITE_SYNC ?? 'FULL').toUpperCase();
+  if (sync !== 'FULL' && sync !== 'NORMAL') throw new Error(`TROUPE_SQLITE_SYNC must be FULL or NORMAL, got "${sync}"`);
+  return {
+    port: int(str('port') ?? env.TROUPE_PORT, 7420, 'port'),
+    host: str('host') ?? env.TROUPE_HOST ?? '127.0.0.1',
+    dataDir,
+    store: str('store') ?? env.TROUPE_STORE ?? `sqlite:${path.join(dataDir, 'troupe.db')}`,
+    sqliteSync: sync,
+    maxFrameBytes: int(env.TROUPE_MAX_FRAME_BYTES, 1024 * 1024, 'TROUPE_MAX_FRAME_BYTES'),
+    authGraceMs: int(env.TROUPE_AUTH_GRACE_MS, 10_000, 'TROUPE_AUTH_GRACE_MS'),
+    idleMs: int(env.TROUPE_IDLE_MS, 60_000, 'TROUPE_IDLE_MS'),
+    maxBufferedBytes: int(env.TROUPE_MAX_BUFFERED_BYTES, 8 * 1024 * 1024, 'TROUPE_MAX_BUFFERED_BYTES'),
+    jwtSecret: env.TROUPE_JWT_SECRET || undefined,
+    jwtIssuer: env.TROUPE_JWT_ISSUER || undefined,
+    jwtAudience: env.TROUPE_JWT_AUDIENCE || undefined,
+    logLevel: str('log-level') ?? env.TROUPE_LOG_LEVEL ?? 'info',
+    bootstrap: (env.TROUPE_BOOTSTRAP ?? 'true') !== 'false',
+  };
+}

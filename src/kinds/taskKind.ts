@@ -1,0 +1,54 @@
+import type { SnapshotFrom } from 'xstate';
+import type { ActorAddress, ActorKind } from '../../actors/ActorKind.js';
+import type { ViewRecord } from '../../actors/Store.js';
+import { taskMachine, type TaskData } from '../../machines/taskMachine.js';
+import { A2AStates, type Task, type TaskStatus } from '../../protocol/model.js';
+import { leafState } from './stateName.js';
+
+type TaskSnapshot = SnapshotFrom<typeof taskMachine>;
+
+/** The wire form of a task actor's state. */
+export function taskResource(data: TaskData, status: TaskStatus, version: number): Task {
+  return { ...data, status, a2aState: A2AStates[status], version };
+}
+
+/** How the runtime hosts tasks. */
+export const taskKind: ActorKind<typeof taskMachine> = {
+  kind: 'task',
+  machine: taskMachine,
+  status: (s: TaskSnapshot) => leafState(s.value),
+  exists: (s: TaskSnapshot) => {
+    const st = leafState(s.value);
+    return st !== 'draft' && st !== 'deleted';
+  },
+  view(s: TaskSnapshot, address: ActorAddress, version: number): ViewRecord | null {
+    const status = leafState(s.value);
+    if (status === 'draft' || status === 'deleted') return null;
+    const t = s.context.task;
+    return {
+      tenant: address.tenant,
+      kind: 'task',
+      id: address.id,
+      version,
+      status,
+      owner: t.assignedTo,
+      type: t.type,
+      priority: t.priority,
+      parentId: t.parentTaskId,
+      createdBy: t.createdBy,
+      createdAt: Date.parse(t.createdAt),
+      updatedAt: Date.parse(t.updatedAt),
+      text: `${t.title}\n${t.description}\n${t.type}`.toLowerCase(),
+      archived: t.archived,
+      doc: taskResource(t, status as TaskStatus, version) as unknown as Record<string, unknown>,
+    };
+  },
+  topics(event, before: TaskSnapshot, after: TaskSnapshot) {
+    const topics = [`task:${event.actorId}`, 'tenant'];
+    const was = before.context.task.assignedTo;
+    const is = after.context.task.assignedTo;
+    if (was) topics.push(`inbox:${was}`);
+    if (is && is !== was) topics.push(`inbox:${is}`);
+    return topics;
+  },
+};

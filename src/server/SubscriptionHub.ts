@@ -1,0 +1,178 @@
+import { randomUUID } from 'node:crypto';
+import type { Store, StoredEvent } from '../../actors/Store.js';
+import { SUBSCRIPTION_EVENT, SUBSCRIPTION_OVERFLOW } from '../../protocol/jsonrpc.js';
+import type { ActorEvent } from '../../protocol/model.js';
+import type { Connection } from './Connection.js';
+
+/** Options of {@link SubscriptionHub}. */
+export interface SubscriptionHubOptions {
+  store: Store;
+  /** A subscriber whose socket holds more than this many unsent bytes is dropped (default 8 MiB). */
+  maxBufferedBytes?: number;
+  /** Events read from the store per page while catching up (default 500). */
+  replayPage?: number;
+  /** Called when a subscription is dropped for being too slow. */
+  onOverflow?: () => void;
+}
+
+interface Subscription {
+  id: string;
+  conn: Connection;
+  key: string;
+  topic: string;
+  /** Highest position delivered. */
+  last: number;
+  /** Live events that arrived while catching up from the store. */
+  backlog: StoredEvent[] | null;
+  /** While subscribing: the subscribe request, whose reply must precede the catch-up events. */
+  heldBy: string | undefined;
+}
+
+/** The wire form of a stored event. */
+export function toActorEvent(e: StoredEvent): ActorEvent {
+  return {
+    id: e.id,
+    position: e.position,
+    kind: e.kind,
+    actorId: e.actorId,
+    version: e.version,
+    type: e.type,
+    at: new Date(e.meta.at).toISOString(),
+    principal: e.meta.principal,
+    status: e.meta.status ?? null,
+    data: stripStamp(e.data),
+    correlationId: e.meta.correlationId ?? null,
+  };
+}
+
+function stripStamp(data: Record<string, unknown>): Record<string, unknown> {
+  const { type: _t, at: _a, by: _b, ...rest } = data;
+  return rest;
+}
+
+/**
+ * Fans committed events out to subscribers by topic. A subscription that gives `fromPosition`
+ * first catches up from the store, while live events queue behind; then it switches to live
+ * delivery, skipping what it already sent, so no event is missed or repeated.
+ */
+export class SubscriptionHub {
+  #store: Store;
+  #byKey = new Map<string, Set<Subscription>>();
+  #byId = new Map<string, Subscription>();
+  #maxBuffered: number;
+  #page: number;
+  #opts: SubscriptionHubOptions;
+
+  constructor(opts: SubscriptionHubOptions) {
+    this.#opts = opts;
+    this.#store = opts.store;
+    this.#maxBuffered = opts.maxBufferedBytes ?? 8 * 1024 * 1024;
+    this.#page = opts.replayPage ?? 500;
+  }
+
+  /** How many subscriptions are open. */
+  get size(): number {
+    return this.#byId.size;
+  }
+
+  /**
+   * Subscribes a connection to a tenant's topic. Resolves with the subscription id and the
+   * position it starts after, once any catch-up has been sent.
+   */
+  async subscribe(
+    conn: Connection,
+    tenant: string,
+    topic: string,
+    fromPosition?: number,
+    correlationId?: string,
+  ): Promise<{ subscriptionId: string; position: number }> {
+    const key = `${tenant}\n${topic}`;
+    const sub: Subscription = { id: randomUUID(), conn, key, topic, last: 0, backlog: [], heldBy: correlationId };
+    let set = this.#byKey.get(key);
+    if (!set) this.#byKey.set(key, (set = new Set()));
+    set.add(sub);
+    this.#byId.set(sub.id, sub);
+    conn.subscriptions.add(sub.id);
+    try {
+      if (fromPosition === undefined) {
+        sub.last = await this.#store.headPosition();
+      } else {
+        sub.last = fromPosition;
+        for (;;) {
+          const page = await this.#store.readTopic(tenant, topic, sub.last, this.#page);
+          for (const e of page) this.#send(sub, e);
+          if (page.length < this.#page || !this.#byId.has(sub.id)) break;
+        }
+      }
+    } catch (e) {
+      this.unsubscribe(sub.id);
+      throw e;
+    }
+    const backlog = sub.backlog ?? [];
+    sub.backlog = null;
+    for (const e of backlog) if (e.position > sub.last) this.#send(sub, e);
+    const position = sub.last;
+    sub.heldBy = undefined;
+    return { subscriptionId: sub.id, position };
+  }
+
+  /** Removes a subscription; false if it did not exist. */
+  unsubscribe(id: string, conn?: Connection): boolean {
+    const sub = this.#byId.get(id);
+    if (!sub || (conn && sub.conn !== conn)) return false;
+    this.#byId.delete(id);
+    sub.conn.subscriptions.delete(id);
+    const set = this.#byKey.get(sub.key);
+    set?.delete(sub);
+    if (set?.size === 0) this.#byKey.delete(sub.key);
+    return true;
+  }
+
+  /** Removes every subscription of a connection. */
+  drop(conn: Connection): void {
+    for (const id of [...conn.subscriptions]) this.unsubscribe(id);
+  }
+
+  /** Delivers committed events (wired to the actor host's commit listener). */
+  publish(events: StoredEvent[], topics: string[][]): void {
+    for (let i = 0; i < events.length; i++) {
+      const e = events[i]!;
+      for (const topic of topics[i] ?? []) {
+        const set = this.#byKey.get(`${e.tenant}\n${topic}`);
+        if (!set) continue;
+        for (const sub of set) {
+          if (sub.backlog) sub.backlog.push(e);
+          else if (e.position > sub.last) this.#send(sub, e);
+        }
+      }
+    }
+  }
+
+  #send(sub: Subscription, e: StoredEvent): void {
+    if (sub.conn.closed) return;
+    if (sub.conn.bufferedAmount > this.#maxBuffered) {
+      this.unsubscribe(sub.id);
+      this.#opts.onOverflow?.();
+      sub.conn.notify({
+        jsonrpc: '2.0',
+        method: SUBSCRIPTION_OVERFLOW,
+        params: {
+          subscriptionId: sub.id,
+          topic: sub.topic,
+          lastPosition: sub.last,
+          message: 'The connection could not keep up; subscribe again with fromPosition = lastPosition to resume.',
+        },
+      });
+      return;
+    }
+    sub.last = e.position;
+    sub.conn.notify(
+      {
+        jsonrpc: '2.0',
+        method: SUBSCRIPTION_EVENT,
+        params: { subscriptionId: sub.id, topic: sub.topic, position: e.position, event: toActorEvent(e) },
+      },
+      sub.heldBy ?? e.meta.correlationId,
+    );
+  }
+}

@@ -1,0 +1,356 @@
+import { randomUUID } from 'node:crypto';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { WebSocketServer, type RawData, type WebSocket } from 'ws';
+import { ActorHost } from '../../actors/ActorHost.js';
+import { LocalOwnership, type Ownership } from '../../actors/Ownership.js';
+import type { Store } from '../../actors/Store.js';
+import { OutboxDispatcher, TimerService } from '../../actors/TimerService.js';
+import { ProtocolError } from '../../protocol/errors.js';
+import {
+  SESSION_CLOSING,
+  decodeFrame,
+  errorResponse,
+  resultResponse,
+  type RpcRequest,
+  type RpcResponse,
+} from '../../protocol/jsonrpc.js';
+import { MethodSchemas, isMethodName, type MethodName } from '../../protocol/methods.js';
+import { protocolJsonSchema } from '../../protocol/schema.js';
+import type { Principal } from '../../protocol/model.js';
+import { machines } from '../../machines/index.js';
+import { Authenticator } from '../auth/Authenticator.js';
+import { agentHandlers } from '../handlers/agents.js';
+import { sessionHandlers } from '../handlers/session.js';
+import { taskHandlers } from '../handlers/tasks.js';
+import { agentKind } from '../kinds/agentKind.js';
+import { taskKind } from '../kinds/taskKind.js';
+import { createLogger, type Logger } from '../logger.js';
+import type { App, AuthedContext, Handler, Handlers } from './App.js';
+import { CloseCodes, Connection } from './Connection.js';
+import { Presence } from './Presence.js';
+import { SubscriptionHub } from './SubscriptionHub.js';
+
+/** Options of {@link TroupeServer}; durations in milliseconds, sizes in bytes. */
+export interface TroupeServerOptions {
+  store: Store;
+  /** Default 0 (a free port). */
+  port?: number;
+  /** Default 127.0.0.1. */
+  host?: string;
+  /** Frames up to this size are processed; larger ones get PAYLOAD_TOO_LARGE (default 1 MiB). */
+  maxFrameBytes?: number;
+  /** Unauthenticated connections are closed after this long (default 10 000). */
+  authGraceMs?: number;
+  /** Idle actors are passivated after this long (default 60 000). */
+  idleMs?: number;
+  /** A subscriber with more unsent bytes is dropped (default 8 MiB). */
+  maxBufferedBytes?: number;
+  jwtSecret?: string;
+  jwtIssuer?: string;
+  jwtAudience?: string;
+  /** Replaces local single-node ownership (a cluster passes Redis-based ownership). */
+  ownership?: Ownership;
+  logger?: Logger;
+  /** The clock; tests may replace it. */
+  now?: () => number;
+}
+
+/** Frames larger than this many times the processing limit close the connection outright. */
+const HARD_FRAME_FACTOR = 4;
+
+/**
+ * The Troupe server: HTTP endpoints (`/healthz`, `/readyz`, `/machines`, `/protocol.json`) and
+ * the JSON-RPC 2.0 WebSocket endpoint `/v1`, around the actor runtime.
+ *
+ * @example
+ * ```ts
+ * const server = new TroupeServer({ store: new SqliteStore({ path: 'data/troupe.db' }) });
+ * const { url } = await server.start();
+ * ```
+ */
+export class TroupeServer {
+  readonly app: App;
+  readonly host: ActorHost;
+  #opts: TroupeServerOptions;
+  #http: http.Server;
+  #wss: WebSocketServer;
+  #timers: TimerService;
+  #outbox: OutboxDispatcher;
+  #handlers: Handlers;
+  #conns = new Set<Connection>();
+  #closing: Promise<void> | null = null;
+  #log: Logger;
+  #maxFrame: number;
+
+  constructor(opts: TroupeServerOptions) {
+    this.#opts = opts;
+    this.#log = opts.logger ?? createLogger('silent');
+    this.#maxFrame = opts.maxFrameBytes ?? 1024 * 1024;
+    const now = opts.now ?? Date.now;
+    const store = opts.store;
+    const hub = new SubscriptionHub({ store, maxBufferedBytes: opts.maxBufferedBytes });
+    this.host = new ActorHost({
+      store,
+      ownership: opts.ownership ?? new LocalOwnership(store),
+      kinds: [taskKind, agentKind],
+      idleMs: opts.idleMs,
+      now,
+      onTimerScheduled: (at) => this.#timers.scheduled(at),
+      onOutbox: (records) => this.#outbox.dispatch(records),
+    });
+    this.host.onCommit((events, topics) => hub.publish(events, topics));
+    this.#timers = new TimerService({ host: this.host, now });
+    this.#outbox = new OutboxDispatcher(this.host);
+    this.app = {
+      host: this.host,
+      store,
+      hub,
+      auth: new Authenticator({ store, jwtSecret: opts.jwtSecret, jwtIssuer: opts.jwtIssuer, jwtAudience: opts.jwtAudience }),
+      presence: new Presence(),
+      log: this.#log,
+      now,
+    };
+    this.#handlers = { ...sessionHandlers(this.app), ...agentHandlers(this.app), ...taskHandlers(this.app) };
+    this.#http = http.createServer((req, res) => void this.#http_(req, res));
+    this.#wss = new WebSocketServer({ noServer: true, maxPayload: this.#maxFrame * HARD_FRAME_FACTOR });
+    this.#http.on('upgrade', (req, socket, head) => {
+      const url = new URL(req.url ?? '/', 'http://x');
+      if (url.pathname !== '/v1') {
+        socket.end('HTTP/1.1 404 Not Found\r\nConnection: close\r\n\r\n');
+        return;
+      }
+      this.#wss.handleUpgrade(req, socket, head, (ws) => this.#accept(ws, req));
+    });
+  }
+
+  /** Starts listening; resolves with the bound port and the WebSocket URL. */
+  async start(): Promise<{ port: number; url: string; httpUrl: string }> {
+    await this.#resetAgentConnections();
+    await this.#timers.start();
+    await this.#outbox.start();
+    await new Promise<void>((resolve, reject) => {
+      this.#http.once('error', reject);
+      this.#http.listen(this.#opts.port ?? 0, this.#opts.host ?? '127.0.0.1', () => resolve());
+    });
+    const { port } = this.#http.address() as AddressInfo;
+    const host = this.#opts.host ?? '127.0.0.1';
+    const shown = host === '0.0.0.0' || host === '::' ? '127.0.0.1' : host;
+    return { port, url: `ws://${shown}:${port}/v1`, httpUrl: `http://${shown}:${port}` };
+  }
+
+  /** Open WebSocket connections. */
+  get connectionCount(): number {
+    return this.#conns.size;
+  }
+
+  /**
+   * Stops accepting, tells clients, closes connections, lets running turns finish, and closes
+   * the store. Safe to call twice.
+   */
+  close(): Promise<void> {
+    this.#closing ??= (async () => {
+      this.#timers.close();
+      this.#outbox.close();
+      for (const c of this.#conns) {
+        c.notify({ jsonrpc: '2.0', method: SESSION_CLOSING, params: { reason: 'The server is shutting down.' } });
+        c.close(CloseCodes.GOING_AWAY, 'server shutting down');
+      }
+      this.#wss.close();
+      await new Promise<void>((resolve) => {
+        this.#http.close(() => resolve());
+        this.#http.closeAllConnections();
+      });
+      await this.host.close();
+      await this.app.store.close();
+    })();
+    return this.#closing;
+  }
+
+  /** After a restart no connection is open: agents recorded as connected are reset. */
+  async #resetAgentConnections(): Promise<void> {
+    const tenants = await this.app.store.listTenants();
+    for (const t of tenants) {
+      let cursor: string | undefined;
+      do {
+        const page = await this.app.store.queryViews(t.id, 'agent', { status: ['online', 'busy', 'draining'], limit: 500, cursor });
+        for (const v of page.items) {
+          await this.host.send({ tenant: t.id, kind: 'agent', id: v.id }, { type: 'agent.connectionsReset' }, { principal: 'system' });
+        }
+        cursor = page.nextCursor ?? undefined;
+      } while (cursor);
+    }
+  }
+
+  async #http_(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
+    const url = new URL(req.url ?? '/', 'http://x');
+    const json = (status: number, body: unknown) => {
+      res.writeHead(status, { 'content-type': 'application/json' });
+      res.end(JSON.stringify(body));
+    };
+    if (req.method !== 'GET' && req.method !== 'HEAD') return json(405, { error: 'Only GET is supported here.' });
+    switch (url.pathname) {
+      case '/healthz':
+        return json(200, { status: 'ok' });
+      case '/readyz':
+        try {
+          await this.app.store.ping();
+          return json(this.#closing ? 503 : 200, { status: this.#closing ? 'closing' : 'ready', store: 'ok' });
+        } catch (e) {
+          return json(503, { status: 'unavailable', store: (e as Error).message });
+        }
+      case '/machines':
+        return json(200, Object.fromEntries(Object.entries(machines).map(([k, m]) => [k, m.toJSON()])));
+      case '/protocol.json':
+        return json(200, protocolJsonSchema());
+      case '/':
+        return json(200, { name: 'troupe', websocket: '/v1', endpoints: ['/healthz', '/readyz', '/machines', '/protocol.json'] });
+      default:
+        return json(404, { error: `No such endpoint: ${url.pathname}` });
+    }
+  }
+
+  #accept(ws: WebSocket, req: http.IncomingMessage): void {
+    const conn = new Connection(randomUUID(), ws);
+    this.#conns.add(conn);
+    const grace = setTimeout(() => {
+      if (!conn.principal) {
+        conn.notify({ jsonrpc: '2.0', method: SESSION_CLOSING, params: { reason: 'Not authenticated in time; call session.authenticate first.' } });
+        conn.close(CloseCodes.UNAUTHENTICATED, 'authentication required');
+      }
+    }, this.#opts.authGraceMs ?? 10_000);
+    grace.unref();
+
+    // Messages wait for the header authentication to finish, so their order is kept.
+    let ready: Promise<void> = Promise.resolve();
+    const header = req.headers.authorization;
+    if (header) {
+      const m = /^Bearer\s+(.+)$/i.exec(header);
+      ready = (m ? this.app.auth.authenticate(m[1]!.trim()) : Promise.reject(new ProtocolError('UNAUTHENTICATED', 'Use "Authorization: Bearer <token>".')))
+        .then((p) => this.#authenticated(conn, p))
+        .catch((e: unknown) => {
+          const reason = e instanceof ProtocolError ? e.message : 'authentication failed';
+          conn.notify({ jsonrpc: '2.0', method: SESSION_CLOSING, params: { reason } });
+          conn.close(CloseCodes.UNAUTHENTICATED, reason);
+        });
+    }
+
+    ws.on('message', (data: RawData, isBinary: boolean) => {
+      const size = (data as Buffer).length ?? 0;
+      ready = ready.then(() => this.#onFrame(conn, data, isBinary, size)).catch((e: unknown) => {
+        this.#log.error({ err: e, conn: conn.id }, 'frame handling failed');
+      });
+    });
+    ws.on('close', () => {
+      clearTimeout(grace);
+      this.#conns.delete(conn);
+      this.app.hub.drop(conn);
+      void this.#disconnected(conn);
+    });
+    ws.on('error', (e) => this.#log.debug({ err: e, conn: conn.id }, 'socket error'));
+  }
+
+  async #authenticated(conn: Connection, p: Principal): Promise<void> {
+    if (conn.principal) {
+      if (conn.principal.tenantId !== p.tenantId || conn.principal.principalId !== p.principalId) {
+        throw new ProtocolError('FORBIDDEN', 'This connection is already authenticated as another principal; open a new connection.');
+      }
+      return;
+    }
+    conn.principal = p;
+    this.app.presence.add(p.tenantId, p.principalId);
+    await this.#agentEvent(p, 'agent.connected');
+  }
+
+  async #disconnected(conn: Connection): Promise<void> {
+    const p = conn.principal;
+    if (!p) return;
+    this.app.presence.remove(p.tenantId, p.principalId);
+    await this.#agentEvent(p, 'agent.disconnected').catch(() => {});
+  }
+
+  /** Tells a registered agent actor about a connection change; unregistered principals are skipped. */
+  async #agentEvent(p: Principal, type: 'agent.connected' | 'agent.disconnected'): Promise<void> {
+    if (!(await this.app.store.getView(p.tenantId, 'agent', p.principalId))) return;
+    await this.host
+      .send({ tenant: p.tenantId, kind: 'agent', id: p.principalId }, { type }, { principal: p.principalId })
+      .catch((e: unknown) => this.#log.warn({ err: e }, `${type} not recorded`));
+  }
+
+  async #onFrame(conn: Connection, data: RawData, isBinary: boolean, size: number): Promise<void> {
+    if (conn.closed) return;
+    if (isBinary) {
+      conn.reply([], errorResponse(null, new ProtocolError('INVALID_REQUEST', 'Frames must be UTF-8 text containing JSON, not binary.')));
+      return;
+    }
+    if (size > this.#maxFrame) {
+      conn.reply(
+        [],
+        errorResponse(
+          null,
+          new ProtocolError('PAYLOAD_TOO_LARGE', `The frame has ${size} bytes; the limit is ${this.#maxFrame}. Split the request.`, {
+            limitBytes: this.#maxFrame,
+            sizeBytes: size,
+          }),
+        ),
+      );
+      return;
+    }
+    const frame = decodeFrame(data.toString());
+    const ids: string[] = [];
+    const run = async (entry: (typeof frame.entries)[number]): Promise<RpcResponse | null> => {
+      if (!entry.ok) return errorResponse(entry.id, entry.error);
+      const req = entry.request;
+      const correlationId = conn.correlationOf(req.id ?? randomUUID());
+      ids.push(correlationId);
+      conn.begin(correlationId);
+      try {
+        const result = await this.#call(conn, req, correlationId);
+        return req.id === undefined ? null : resultResponse(req.id, result);
+      } catch (e) {
+        if (req.id === undefined) return null;
+        return errorResponse(req.id, this.#toProtocolError(e, req.method));
+      }
+    };
+    if (!frame.batch) {
+      const response = await run(frame.entries[0]);
+      conn.reply(ids, response);
+      return;
+    }
+    const responses = (await Promise.all(frame.entries.map(run))).filter((r): r is RpcResponse => r !== null);
+    conn.reply(ids, responses.length > 0 ? responses : null);
+  }
+
+  async #call(conn: Connection, req: RpcRequest, correlationId: string): Promise<unknown> {
+    const method = req.method;
+    if (!isMethodName(method)) {
+      throw new ProtocolError('METHOD_NOT_FOUND', `There is no method "${method}". GET /protocol.json lists them all.`, { method });
+    }
+    const parsed = MethodSchemas[method].safeParse(req.params ?? {});
+    if (!parsed.success) {
+      const issues = parsed.error.issues.map((i) => ({ path: i.path.join('.'), message: i.message }));
+      const first = issues[0]!;
+      throw new ProtocolError('INVALID_PARAMS', `Invalid params for ${method}: ${first.path || '(params)'} ${first.message}.`, { method, issues });
+    }
+    const params = parsed.data as Record<string, unknown>;
+    if (method === 'ping') return { pong: true, time: new Date(this.app.now()).toISOString() };
+    if (method === 'session.authenticate') {
+      const p = await this.app.auth.authenticate(params.token as string);
+      await this.#authenticated(conn, p);
+      return p;
+    }
+    if (!conn.principal) {
+      throw new ProtocolError('UNAUTHENTICATED', 'Authenticate first: send an Authorization header on connect or call session.authenticate.');
+    }
+    const handler = this.#handlers[method] as Handler<MethodName> | undefined;
+    if (!handler) throw new ProtocolError('METHOD_NOT_FOUND', `The method "${method}" is not available on this server.`, { method });
+    const ctx: AuthedContext = { principal: conn.principal, conn, correlationId };
+    return handler(ctx, params as never);
+  }
+
+  #toProtocolError(e: unknown, method: string): ProtocolError {
+    if (e instanceof ProtocolError) return e;
+    this.#log.error({ err: e, method }, 'handler failed');
+    return new ProtocolError('INTERNAL', `The server failed while handling ${method}; the change was not applied.`);
+  }
+}

@@ -1,0 +1,7 @@
+import { MemoryStore } from '../../src/storage/MemoryStore.js';
+import { runStoreContract } from '../contracts/storeContract.js';
+
+runStoreContract('MemoryStore', async () => {
+  const store = new MemoryStore();
+  return { store, teardown: () => store.close() };
+});

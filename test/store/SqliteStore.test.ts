@@ -1,0 +1,176 @@
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import Database from 'better-sqlite3';
+import { suite } from 'uvu';
+import * as assert from 'uvu/assert';
+import type { CommitItem, Store } from '../../actors/Store.js';
+import { SqliteStore } from '../../src/storage/SqliteStore.js';
+import { runStoreContract } from '../contracts/storeContract.js';
+
+function tempDir(): string {
+  return fs.mkdtempSync(path.join(os.tmpdir(), 'troupe-sqlite-'));
+}
+
+runStoreContract('SqliteStore', async () => {
+  const dir = tempDir();
+  const store = new SqliteStore({ path: path.join(dir, 'store.db') });
+  return {
+    store,
+    teardown: async () => {
+      await store.close();
+      fs.rmSync(dir, { recursive: true, force: true });
+    },
+  };
+});
+
+function item(
+  stream: string,
+  expectedVersion: number,
+  eventIds: string[],
+  extra: Partial<CommitItem> = {},
+): CommitItem {
+  const [kind = '', actorId = ''] = stream.split('/');
+  return {
+    stream,
+    tenant: 'acme',
+    kind,
+    actorId,
+    expectedVersion,
+    epoch: 1,
+    events: eventIds.map((id) => ({
+      id,
+      type: 'task.updated',
+      data: { type: 'task.updated', id },
+      meta: { at: 1, principal: 'ann' },
+    })),
+    topics: eventIds.map(() => ['all']),
+    ...extra,
+  };
+}
+
+async function commitOk(store: Store, items: CommitItem[]): Promise<number[]> {
+  const outcomes = await store.commit(items);
+  return outcomes.flatMap((o) => {
+    if (!o.ok) throw new Error(`commit refused: ${JSON.stringify(o)}`);
+    return o.positions;
+  });
+}
+
+const durability = suite('SqliteStore durability');
+let dir = '';
+let file = '';
+const open: SqliteStore[] = [];
+const openStore = (options: Partial<ConstructorParameters<typeof SqliteStore>[0]> = {}): SqliteStore => {
+  const store = new SqliteStore({ path: file, ...options });
+  open.push(store);
+  return store;
+};
+
+durability.before.each(() => {
+  dir = tempDir();
+  file = path.join(dir, 'store.db');
+});
+durability.after.each(async () => {
+  for (const store of open.splice(0)) await store.close();
+  fs.rmSync(dir, { recursive: true, force: true });
+});
+
+durability('keeps everything across close and reopen, and positions keep increasing', async () => {
+  const first = openStore();
+  const view = {
+    tenant: 'acme', kind: 'task', id: 't1', version: 2, status: 'open', owner: 'ann', type: 'bug', priority: 'high',
+    parentId: null, createdBy: 'bob', createdAt: 5, updatedAt: 6, text: 'fix it', archived: false, doc: { id: 't1' },
+  };
+  const timer = {
+    stream: 'task/t1', tenant: 'acme', kind: 'task', actorId: 't1', name: 'due', fireAt: 50, event: { type: 'due' },
+  };
+  const message = {
+    id: 'o1', source: 'task/t1', tenant: 'acme', targetKind: 'agent', targetId: 'ann', event: { type: 'x' }, createdAt: 5,
+  };
+  const claim = { tenant: 'acme', key: 'req', requestHash: 'h', result: { ok: 1 }, createdAt: 5 };
+  const before = await commitOk(first, [
+    item('task/t1', 0, ['e1', 'e2'], {
+      epoch: 3, snapshot: { s: 2 }, view, scheduleTimers: [timer], outbox: [message], idempotency: claim,
+    }),
+  ]);
+  await first.putTenant({ id: 'acme', name: 'Acme', createdAt: 1 });
+  const key = {
+    id: 'k1', tenant: 'acme', principal: 'ann', roles: ['agent'], secretHash: 'ff', label: 'l', createdAt: 1,
+    revokedAt: null,
+  };
+  await first.putApiKey(key);
+  assert.is(await first.nextCounter('epoch'), 1);
+  await first.close();
+
+  const second = openStore();
+  assert.equal((await second.readStream('task/t1')).map((e) => e.position), before);
+  assert.equal(await second.streamInfo('task/t1'), { version: 2, epoch: 3 });
+  assert.equal(await second.loadSnapshot('task/t1'), { version: 2, state: { s: 2 } });
+  assert.equal(await second.getView('acme', 'task', 't1'), view);
+  assert.equal(await second.dueTimers(100, 10), [timer]);
+  assert.equal(await second.pendingOutbox(10), [message]);
+  assert.equal(await second.getIdempotency('acme', 'req'), claim);
+  assert.equal(await second.listTenants(), [{ id: 'acme', name: 'Acme', createdAt: 1 }]);
+  assert.equal(await second.getApiKey('k1'), key);
+  assert.equal((await second.readTopic('acme', 'all', 0, 10)).map((e) => e.id), ['e1', 'e2']);
+  assert.is(await second.nextCounter('epoch'), 2);
+  const after = await commitOk(second, [item('task/t2', 0, ['e3'])]);
+  assert.ok(after[0]! > before[before.length - 1]!);
+  assert.is(await second.headPosition(), after[0]);
+});
+
+durability('close flushes commits that are still queued', async () => {
+  const store = openStore();
+  const pending = store.commit([item('task/t1', 0, ['e1'])]);
+  await store.close();
+  assert.equal(await pending, [{ ok: true, positions: [1] }]);
+  const reopened = openStore();
+  assert.is((await reopened.readStream('task/t1')).length, 1);
+});
+
+durability("synchronous: 'NORMAL' stores and reads like the default", async () => {
+  const store = openStore({ synchronous: 'NORMAL' });
+  await commitOk(store, [item('task/t1', 0, ['e1'])]);
+  await store.close();
+  assert.equal((await openStore().readStream('task/t1')).map((e) => e.id), ['e1']);
+});
+
+durability('snapshotsKeep keeps older snapshots while loadSnapshot returns the latest', async () => {
+  const store = openStore({ snapshotsKeep: 2 });
+  for (let v = 0; v < 4; v++) await commitOk(store, [item('task/t1', v, [`e${v}`], { snapshot: { v: v + 1 } })]);
+  assert.equal(await store.loadSnapshot('task/t1'), { version: 4, state: { v: 4 } });
+  await store.close();
+  const raw = new Database(file, { readonly: true });
+  const versions = raw.prepare('SELECT version FROM snapshots ORDER BY version').pluck().all();
+  raw.close();
+  assert.equal(versions, [3, 4]);
+});
+
+durability('two stores on one file share concurrency control', async () => {
+  const a = openStore();
+  const b = openStore();
+  await commitOk(a, [item('task/t1', 0, ['e1'], { epoch: 2 })]);
+  assert.equal(await b.commit([item('task/t1', 0, ['e2'], { epoch: 2 })]), [
+    { ok: false, reason: 'version_conflict', actualVersion: 1 },
+  ]);
+  assert.equal(await b.commit([item('task/t1', 1, ['e2'], { epoch: 1 })]), [
+    { ok: false, reason: 'stale_epoch', currentEpoch: 2 },
+  ]);
+  assert.equal(await b.commit([item('task/t1', 1, ['e2'], { epoch: 2 })]), [{ ok: true, positions: [2] }]);
+});
+
+durability('refuses a file written by a newer schema version', async () => {
+  await openStore().close();
+  const raw = new Database(file);
+  raw.prepare("UPDATE meta SET value = '99' WHERE key = 'schema_version'").run();
+  raw.close();
+  assert.throws(() => openStore(), /schema_version 99/);
+});
+
+durability('refuses invalid options with a precise error', () => {
+  assert.throws(() => openStore({ synchronous: 'OFF' as 'FULL' }), /synchronous/);
+  assert.throws(() => openStore({ snapshotsKeep: 0 }), /snapshotsKeep/);
+});
+
+durability.run();

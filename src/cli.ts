@@ -1,0 +1,161 @@
+import fs from 'node:fs';
+import { parseArgs } from 'node:util';
+import { replayPersisted } from '../actors/replay.js';
+import { addressOf } from '../actors/ActorKind.js';
+import { Roles, type Role } from '../protocol/model.js';
+import { protocolJsonSchema } from '../protocol/schema.js';
+import { Authenticator } from './auth/Authenticator.js';
+import { loadConfig } from './config.js';
+import { agentKind } from './kinds/agentKind.js';
+import { taskKind } from './kinds/taskKind.js';
+import { openStore } from './storage/openStore.js';
+
+const HELP = `troupe — command line tools for a Troupe store
+
+Usage:
+  troupe keys create --tenant <id> --principal <id> --roles <admin,agent,observer> [--label <text>]
+  troupe keys list [--tenant <id>]
+  troupe keys revoke <keyId>
+  troupe tenants create <id> [--name <text>]
+  troupe tenants list
+  troupe verify                 replay every stream and compare with its stored snapshot
+  troupe protocol-schema [--out <file>]
+  troupe replay <fixture.json>... [--url ws://host:port/v1 --admin-key <key>]
+  troupe record --url ws://host:port/v1 --key <key> --out <fixture.json> [--name <text>]
+
+The store is the one the server uses: --store / TROUPE_STORE, or sqlite:<dataDir>/troupe.db
+(--data-dir / TROUPE_DATA_DIR, default ./data). SQLite may be used while the server runs.
+`;
+
+function fail(message: string): never {
+  process.stderr.write(`troupe: ${message}\n`);
+  process.exit(2);
+}
+
+/** Runs one CLI command; exported for tests. Returns the process exit code. */
+export async function runCli(argv: string[], out: (s: string) => void = (s) => process.stdout.write(s)): Promise<number> {
+  const [cmd, sub, ...rest] = argv;
+  const { values, positionals } = parseArgs({
+    args: argv.slice(1),
+    options: {
+      tenant: { type: 'string' },
+      principal: { type: 'string' },
+      roles: { type: 'string' },
+      label: { type: 'string' },
+      name: { type: 'string' },
+      out: { type: 'string' },
+      store: { type: 'string' },
+      'data-dir': { type: 'string' },
+      url: { type: 'string' },
+      key: { type: 'string' },
+      'admin-key': { type: 'string' },
+      timeout: { type: 'string' },
+    },
+    allowPositionals: true,
+    strict: true,
+  });
+  void rest;
+  const config = () => loadConfig(['--store', values.store ?? '', '--data-dir', values['data-dir'] ?? ''].filter((_, i, a) => a[i % 2 === 0 ? i + 1 : i] !== ''));
+  const withStore = async <T>(fn: (store: ReturnType<typeof openStore>) => Promise<T>): Promise<T> => {
+    const c = config();
+    const store = openStore(c.store, { sqliteSync: c.sqliteSync });
+    try {
+      return await fn(store);
+    } finally {
+      await store.close();
+    }
+  };
+
+  switch (cmd) {
+    case 'keys':
+      return withStore(async (store) => {
+        const auth = new Authenticator({ store });
+        if (sub === 'create') {
+          if (!values.tenant || !values.principal || !values.roles) fail('keys create needs --tenant, --principal and --roles');
+          const roles = values.roles.split(',').map((r) => r.trim());
+          const bad = roles.filter((r) => !(Roles as readonly string[]).includes(r));
+          if (bad.length) fail(`unknown role(s) ${bad.join(', ')}; use ${Roles.join(', ')}`);
+          const { key, record } = await auth.createKey({ tenant: values.tenant, principal: values.principal, roles: roles as Role[], label: values.label });
+          out(`${key}\n`);
+          process.stderr.write(`created key ${record.id} for ${record.principal}@${record.tenant} (${record.roles.join(',')}); it is shown only once\n`);
+          return 0;
+        }
+        if (sub === 'list') {
+          for (const k of await store.listApiKeys(values.tenant)) {
+            out(`${k.id}\t${k.tenant}\t${k.principal}\t${k.roles.join(',')}\t${k.revokedAt ? 'revoked' : 'active'}\t${k.label}\n`);
+          }
+          return 0;
+        }
+        if (sub === 'revoke') {
+          const id = positionals[1] ?? fail('keys revoke needs a key id');
+          if (!(await store.revokeApiKey(id, Date.now()))) fail(`no key ${id}`);
+          out(`revoked ${id}\n`);
+          return 0;
+        }
+        return fail(`unknown keys command "${sub ?? ''}"\n\n${HELP}`);
+      });
+    case 'tenants':
+      return withStore(async (store) => {
+        if (sub === 'create') {
+          const id = positionals[1] ?? fail('tenants create needs an id');
+          if (!/^[a-z0-9][a-z0-9_-]{0,63}$/.test(id)) fail('tenant ids are 1-64 characters of a-z 0-9 _ -');
+          await store.putTenant({ id, name: values.name ?? id, createdAt: Date.now() });
+          out(`created tenant ${id}\n`);
+          return 0;
+        }
+        if (sub === 'list') {
+          for (const t of await store.listTenants()) out(`${t.id}\t${t.name}\n`);
+          return 0;
+        }
+        return fail(`unknown tenants command "${sub ?? ''}"`);
+      });
+    case 'verify':
+      return withStore(async (store) => {
+        const kinds = { task: taskKind, agent: agentKind } as Record<string, typeof taskKind | typeof agentKind>;
+        let checked = 0;
+        let bad = 0;
+        for (const stream of await store.listStreams()) {
+          const kind = kinds[addressOf(stream).kind];
+          const snap = await store.loadSnapshot(stream);
+          if (!kind || !snap) continue;
+          const events = await store.readStream(stream, 0, snap.version);
+          const replayed = replayPersisted(kind.machine, events);
+          checked++;
+          if (JSON.stringify(replayed) !== JSON.stringify(snap.state)) {
+            bad++;
+            out(`MISMATCH ${stream} at version ${snap.version}\n`);
+          }
+        }
+        out(`verified ${checked} snapshots, ${bad} mismatches\n`);
+        return bad === 0 ? 0 : 1;
+      });
+    case 'protocol-schema': {
+      const json = JSON.stringify(protocolJsonSchema(), null, 2) + '\n';
+      if (values.out) fs.writeFileSync(values.out, json);
+      else out(json);
+      return 0;
+    }
+    case 'replay': {
+      const { replayCommand } = await import('./replay/cli.js');
+      return replayCommand(argv.slice(1), out);
+    }
+    case 'record': {
+      const { recordCommand } = await import('./replay/cli.js');
+      return recordCommand(argv.slice(1), out);
+    }
+    case undefined:
+    case 'help':
+    case '--help':
+      out(HELP);
+      return 0;
+    default:
+      return fail(`unknown command "${cmd}"\n\n${HELP}`);
+  }
+}
+
+if (process.argv[1] && import.meta.url === new URL(`file://${process.argv[1]}`).href) {
+  runCli(process.argv.slice(2)).then(
+    (code) => process.exit(code),
+    (e: unknown) => fail((e as Error).message),
+  );
+}

@@ -1,7 +1,9 @@
 import fs from 'node:fs';
+import { isDeepStrictEqual } from 'node:util';
 import { parseArgs } from 'node:util';
-import { replayPersisted } from '../actors/replay.js';
-import { addressOf } from '../actors/ActorKind.js';
+import { replay, replayPersisted } from '../actors/replay.js';
+import { addressOf, type ActorKind } from '../actors/ActorKind.js';
+import type { Store } from '../actors/Store.js';
 import { Roles, type Role } from '../protocol/model.js';
 import { protocolJsonSchema } from '../protocol/schema.js';
 import { Authenticator } from './auth/Authenticator.js';
@@ -32,6 +34,35 @@ function fail(message: string): never {
   process.exit(2);
 }
 
+/**
+ * Replays every stream of a store through its machine and compares the result with the stored
+ * snapshot (at the snapshot's version) and with the read model row (at the stream's head).
+ */
+export async function verifyStore(store: Store): Promise<{ streams: number; snapshots: number; mismatches: string[] }> {
+  const kinds: Record<string, ActorKind> = { task: taskKind as unknown as ActorKind, agent: agentKind as unknown as ActorKind };
+  const mismatches: string[] = [];
+  let streams = 0;
+  let snapshots = 0;
+  for (const stream of await store.listStreams()) {
+    const address = addressOf(stream);
+    const kind = kinds[address.kind];
+    if (!kind) continue;
+    streams++;
+    const events = await store.readStream(stream);
+    const snap = await store.loadSnapshot(stream);
+    if (snap) {
+      snapshots++;
+      const replayed = replayPersisted(kind.machine, events.slice(0, snap.version));
+      if (!isDeepStrictEqual(JSON.parse(JSON.stringify(replayed)), snap.state)) mismatches.push(`${stream}: snapshot at version ${snap.version}`);
+    }
+    const version = events.length > 0 ? events[events.length - 1]!.version : 0;
+    const expected = kind.view(replay(kind.machine, events), address, version);
+    const actual = (await store.getView(address.tenant, address.kind, address.id)) ?? null;
+    if (!isDeepStrictEqual(JSON.parse(JSON.stringify(expected)), actual)) mismatches.push(`${stream}: read model at version ${version}`);
+  }
+  return { streams, snapshots, mismatches };
+}
+
 /** Runs one CLI command; exported for tests. Returns the process exit code. */
 export async function runCli(argv: string[], out: (s: string) => void = (s) => process.stdout.write(s)): Promise<number> {
   const [cmd, sub, ...rest] = argv;
@@ -55,7 +86,12 @@ export async function runCli(argv: string[], out: (s: string) => void = (s) => p
     strict: true,
   });
   void rest;
-  const config = () => loadConfig(['--store', values.store ?? '', '--data-dir', values['data-dir'] ?? ''].filter((_, i, a) => a[i % 2 === 0 ? i + 1 : i] !== ''));
+  const config = () => {
+    const args: string[] = [];
+    if (values.store) args.push('--store', values.store);
+    if (values['data-dir']) args.push('--data-dir', values['data-dir']);
+    return loadConfig(args);
+  };
   const withStore = async <T>(fn: (store: ReturnType<typeof openStore>) => Promise<T>): Promise<T> => {
     const c = config();
     const store = openStore(c.store, { sqliteSync: c.sqliteSync });
@@ -111,23 +147,10 @@ export async function runCli(argv: string[], out: (s: string) => void = (s) => p
       });
     case 'verify':
       return withStore(async (store) => {
-        const kinds = { task: taskKind, agent: agentKind } as Record<string, typeof taskKind | typeof agentKind>;
-        let checked = 0;
-        let bad = 0;
-        for (const stream of await store.listStreams()) {
-          const kind = kinds[addressOf(stream).kind];
-          const snap = await store.loadSnapshot(stream);
-          if (!kind || !snap) continue;
-          const events = await store.readStream(stream, 0, snap.version);
-          const replayed = replayPersisted(kind.machine, events);
-          checked++;
-          if (JSON.stringify(replayed) !== JSON.stringify(snap.state)) {
-            bad++;
-            out(`MISMATCH ${stream} at version ${snap.version}\n`);
-          }
-        }
-        out(`verified ${checked} snapshots, ${bad} mismatches\n`);
-        return bad === 0 ? 0 : 1;
+        const result = await verifyStore(store);
+        for (const m of result.mismatches) out(`MISMATCH ${m}\n`);
+        out(`verified ${result.streams} streams (${result.snapshots} snapshots), ${result.mismatches.length} mismatches\n`);
+        return result.mismatches.length === 0 ? 0 : 1;
       });
     case 'protocol-schema': {
       const json = JSON.stringify(protocolJsonSchema(), null, 2) + '\n';

@@ -1,0 +1,31 @@
+import path from 'node:path';
+import { SqliteStore } from '../src/storage/SqliteStore.js';
+import { TroupeServer } from '../src/server/TroupeServer.js';
+import { send, serveControl } from './childControl.js';
+
+/**
+ * A Troupe node for the bench, in its own process: the embedded SQLite store with the production
+ * default durability (WAL, synchronous=FULL, group commit), a fresh file in BENCH_DIR, port 0 on
+ * 127.0.0.1, silent logging. Creates BENCH_AGENTS API keys (tenant `bench`, principals
+ * `agent-<i>`, role agent) and prints `{"port", "keys", "store"}` as one JSON line.
+ */
+async function main(): Promise<void> {
+  const dir = process.env.BENCH_DIR;
+  if (!dir) throw new Error('BENCH_DIR is required');
+  const agents = Number(process.env.BENCH_AGENTS ?? '100');
+  const synchronous = 'FULL' as const;
+  const store = new SqliteStore({ path: path.join(dir, 'troupe.db'), synchronous });
+  const server = new TroupeServer({ store, port: 0, host: '127.0.0.1' });
+  const { port, url } = await server.start();
+  const keys: string[] = [];
+  for (let i = 0; i < agents; i++) {
+    keys.push((await server.app.auth.createKey({ tenant: 'bench', principal: `agent-${i}`, roles: ['agent'] })).key);
+  }
+  serveControl(() => server.close());
+  send({ port, url, keys, store: `sqlite WAL synchronous=${synchronous} (group commit)`, pid: process.pid });
+}
+
+main().catch((e: unknown) => {
+  process.stderr.write(`bench server failed: ${(e as Error).stack ?? String(e)}\n`);
+  process.exit(1);
+});

@@ -106,6 +106,7 @@ export class ActorHost {
   #idleMs: number;
   #sweep: NodeJS.Timeout;
   #closed = false;
+  #closing: Promise<void> | null = null;
   #opts: ActorHostOptions;
 
   constructor(opts: ActorHostOptions) {
@@ -204,13 +205,24 @@ export class ActorHost {
   }
 
   /** Waits for running turns, passivates everything and stops; safe to call twice. */
-  async close(): Promise<void> {
-    if (this.#closed) return;
-    this.#closed = true;
-    clearInterval(this.#sweep);
-    const busy = [...this.#cells.values()].filter((c) => c.running || c.queue.length > 0);
-    await Promise.all(busy.map((c) => this.#enqueue(c.address, async () => {}).catch(() => {})));
-    await this.passivateIdle(Number.POSITIVE_INFINITY);
+  close(): Promise<void> {
+    this.#closing ??= (async () => {
+      this.#closed = true;
+      clearInterval(this.#sweep);
+      const busy = [...this.#cells.values()].filter((c) => c.running || c.queue.length > 0);
+      // Not through #enqueue: it refuses new work once closed, and would not wait.
+      await Promise.all(busy.map((c) => this.#drained(c)));
+      await this.passivateIdle(Number.POSITIVE_INFINITY);
+    })();
+    return this.#closing;
+  }
+
+  /** Resolves once every job queued for the cell so far has run or failed. */
+  #drained(cell: Cell): Promise<void> {
+    return new Promise<void>((resolve) => {
+      cell.queue.push({ run: async () => resolve(), fail: () => resolve() });
+      if (!cell.running) void this.#drain(cell);
+    });
   }
 
   #enqueue<T>(address: ActorAddress, fn: (cell: Cell) => Promise<T>): Promise<T> {
@@ -258,6 +270,12 @@ export class ActorHost {
     } finally {
       cell.running = false;
     }
+    // Messages to actors that do not exist must not pin memory until the next sweep.
+    if (cell.version === 0 && cell.queue.length === 0 && this.#cells.get(cell.stream) === cell) {
+      this.#cells.delete(cell.stream);
+      cell.actor?.stop();
+      await this.#ownership.release(cell.stream);
+    }
   }
 
   async #activate(cell: Cell): Promise<void> {
@@ -293,13 +311,15 @@ export class ActorHost {
     }
     if (!possible) throw this.#illegal(cell, before, event.type);
 
+    // Memory may run ahead of the store until the commit lands: if anything below throws or
+    // the store refuses, the next job reloads the actor.
+    cell.stale = true;
     cell.captured = [];
     actor.send(machineEvent as never);
     const effects = cell.captured;
     cell.captured = null;
     const after = actor.getSnapshot();
     if (after.status === 'error') {
-      cell.stale = true;
       throw new ProtocolError('INTERNAL', `The ${cell.kind.kind} machine failed on ${event.type}.`);
     }
 
@@ -327,12 +347,10 @@ export class ActorHost {
     if (opts.idempotency) item.idempotency = { ...opts.idempotency, result: opts.idempotency.result(after, version) };
 
     const [outcome] = await this.store.commit([item]).catch((e: unknown) => {
-      cell.stale = true;
       throw new ProtocolError('UNAVAILABLE', `The store did not accept the write (${(e as Error).message}); nothing was changed, retry shortly.`, { retryAfterMs: 500 });
     });
     if (!outcome!.ok) {
-      // Memory ran ahead of the store: reload before the next message.
-      cell.stale = true;
+      // Memory ran ahead of the store: it stays stale, so the next message reloads it.
       switch (outcome!.reason) {
         case 'duplicate_event':
           return DUPLICATE;
@@ -345,6 +363,7 @@ export class ActorHost {
       }
     }
     cell.version = version;
+    cell.stale = false;
     const stored: StoredEvent = {
       ...newEvent,
       position: outcome!.positions[0]!,

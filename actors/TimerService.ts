@@ -70,8 +70,9 @@ export class TimerService {
   async #rearm(): Promise<void> {
     if (this.#closed) return;
     const next = await this.#host.store.nextTimerAt();
-    this.#wakeAt = Number.POSITIVE_INFINITY;
-    this.#arm(next ?? Number.POSITIVE_INFINITY);
+    // A timer scheduled while the store was read armed an earlier wake-up that `next` may not
+    // know of: keep it.
+    this.#arm(Math.min(next ?? Number.POSITIVE_INFINITY, this.#wakeAt));
   }
 
   async #fire(): Promise<void> {

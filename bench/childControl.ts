@@ -5,7 +5,7 @@ import readline from 'node:readline';
  * one per line on stdin (`usage`: report CPU time and memory; `stop`: shut down). The child also
  * shuts down when stdin closes, so it never outlives the bench.
  */
-export function serveControl(stop: () => Promise<void>): void {
+export function serveControl(stop: () => Promise<void>, stats: () => Record<string, unknown> = () => ({})): void {
   let stopping = false;
   const shutdown = () => {
     if (stopping) return;
@@ -24,7 +24,7 @@ export function serveControl(stop: () => Promise<void>): void {
     const cmd = line.trim();
     if (cmd === 'usage') {
       const cpu = process.cpuUsage();
-      send({ usage: { userUs: cpu.user, systemUs: cpu.system, rssBytes: process.memoryUsage().rss } });
+      send({ usage: { userUs: cpu.user, systemUs: cpu.system, rssBytes: process.memoryUsage().rss, ...stats() } });
     } else if (cmd === 'stop') {
       shutdown();
     }

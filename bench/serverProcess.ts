@@ -15,13 +15,36 @@ async function main(): Promise<void> {
   const agents = Number(process.env.BENCH_AGENTS ?? '100');
   const synchronous = 'FULL' as const;
   const store = new SqliteStore({ path: path.join(dir, 'troupe.db'), synchronous });
+
+  // Count commit calls and group-commit batches without changing the store: the store arms one
+  // setImmediate when a call finds its queue empty (a new batch), so spying on setImmediate during
+  // the call tells exactly when a batch (one transaction, one fsync) begins.
+  let commits = 0;
+  let flushes = 0;
+  const commit = store.commit.bind(store);
+  const realSetImmediate = globalThis.setImmediate;
+  store.commit = (items) => {
+    let armed = false;
+    globalThis.setImmediate = ((...args: Parameters<typeof setImmediate>) => {
+      armed = true;
+      return realSetImmediate(...args);
+    }) as typeof setImmediate;
+    try {
+      return commit(items);
+    } finally {
+      globalThis.setImmediate = realSetImmediate;
+      commits++;
+      if (armed) flushes++;
+    }
+  };
+
   const server = new TroupeServer({ store, port: 0, host: '127.0.0.1' });
   const { port, url } = await server.start();
   const keys: string[] = [];
   for (let i = 0; i < agents; i++) {
     keys.push((await server.app.auth.createKey({ tenant: 'bench', principal: `agent-${i}`, roles: ['agent'] })).key);
   }
-  serveControl(() => server.close());
+  serveControl(() => server.close(), () => ({ commits, flushes, activeActors: server.host.activeCount }));
   send({ port, url, keys, store: `sqlite WAL synchronous=${synchronous} (group commit)`, pid: process.pid });
 }
 

@@ -403,7 +403,7 @@ export const taskMachine = setup({
             'task.reject': { target: 'pending', actions: 'reject' },
             'task.fail': [
               { guard: 'retriesLeft', target: '#task.failed', actions: ['fail', 'scheduleRetry', 'rememberRetry'] },
-              { target: '#task.failed', actions: 'fail' },
+              { target: '#task.failed', actions: ['fail', 'cancelAllTimers', 'forgetTimers'] },
             ],
           },
         },
@@ -464,7 +464,8 @@ export const taskMachine = setup({
     },
     failed: {
       on: {
-        'task.retry': { target: 'live.pending', actions: ['cancelRetryTimer', 'reopen'] },
+        // A task that failed for good forgot its timers: a manual retry arms the deadline again.
+        'task.retry': { target: 'live.pending', actions: ['cancelRetryTimer', 'reopen', 'syncDeadline', 'rememberDeadline'] },
         'timer.fired': [
           { guard: { type: 'isTimer', params: { name: 'retry' } }, target: 'live.pending', actions: 'reopen' },
           {

@@ -22,8 +22,10 @@ Usage:
   troupe tenants list
   troupe verify                 replay every stream and compare with its stored snapshot
   troupe protocol-schema [--out <file>]
-  troupe replay <fixture.json>... [--url ws://host:port/v1 --admin-key <key>]
-  troupe record --url ws://host:port/v1 --key <key> --out <fixture.json> [--name <text>]
+  troupe replay <fixture.json | dir>... [--timeout <ms>] [--verbose]
+                                runs replay fixtures against a fresh in-process server
+  troupe record --url ws://host:port/v1 --key <key> --out <fixture.json> [--name <text>] [--port <n>]
+                                proxies a live session and writes it as a fixture (docs/replay.md)
 
 The store is the one the server uses: --store / TROUPE_STORE, or sqlite:<dataDir>/troupe.db
 (--data-dir / TROUPE_DATA_DIR, default ./data). SQLite may be used while the server runs.
@@ -66,6 +68,11 @@ export async function verifyStore(store: Store): Promise<{ streams: number; snap
 /** Runs one CLI command; exported for tests. Returns the process exit code. */
 export async function runCli(argv: string[], out: (s: string) => void = (s) => process.stdout.write(s)): Promise<number> {
   const [cmd, sub, ...rest] = argv;
+  // The replay tools parse their own flags.
+  if (cmd === 'replay' || cmd === 'record') {
+    const { replayCommand, recordCommand } = await import('./replay/cli.js');
+    return (cmd === 'replay' ? replayCommand : recordCommand)(argv.slice(1), out);
+  }
   const { values, positionals } = parseArgs({
     args: argv.slice(1),
     options: {
@@ -77,10 +84,6 @@ export async function runCli(argv: string[], out: (s: string) => void = (s) => p
       out: { type: 'string' },
       store: { type: 'string' },
       'data-dir': { type: 'string' },
-      url: { type: 'string' },
-      key: { type: 'string' },
-      'admin-key': { type: 'string' },
-      timeout: { type: 'string' },
     },
     allowPositionals: true,
     strict: true,
@@ -157,14 +160,6 @@ export async function runCli(argv: string[], out: (s: string) => void = (s) => p
       if (values.out) fs.writeFileSync(values.out, json);
       else out(json);
       return 0;
-    }
-    case 'replay': {
-      const { replayCommand } = await import('./replay/cli.js');
-      return replayCommand(argv.slice(1), out);
-    }
-    case 'record': {
-      const { recordCommand } = await import('./replay/cli.js');
-      return recordCommand(argv.slice(1), out);
     }
     case undefined:
     case 'help':

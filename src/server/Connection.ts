@@ -25,6 +25,8 @@ export class Connection {
   readonly subscriptions = new Set<string>();
   /** Correlation ids of requests in progress, with notifications held back for each. */
   #held = new Map<string, string[]>();
+  /** Bytes of the frames in `#held`: they are unsent output too. */
+  #heldBytes = 0;
   #closed = false;
 
   constructor(id: string, ws: WebSocket) {
@@ -48,7 +50,11 @@ export class Connection {
     for (const c of correlationIds) {
       const held = this.#held.get(c);
       this.#held.delete(c);
-      if (held) for (const frame of held) this.#write(frame);
+      if (!held) continue;
+      for (const frame of held) {
+        this.#heldBytes -= frame.length;
+        this.#write(frame);
+      }
     }
   }
 
@@ -56,13 +62,15 @@ export class Connection {
   notify(n: RpcNotification, causedBy?: string): void {
     const frame = JSON.stringify(n);
     const held = causedBy !== undefined ? this.#held.get(causedBy) : undefined;
-    if (held) held.push(frame);
-    else this.#write(frame);
+    if (held) {
+      held.push(frame);
+      this.#heldBytes += frame.length;
+    } else this.#write(frame);
   }
 
-  /** Bytes queued in the socket, not yet sent. */
+  /** Bytes not yet sent: queued in the socket, or held back behind a reply (a catch-up, say). */
   get bufferedAmount(): number {
-    return this.ws.bufferedAmount;
+    return this.ws.bufferedAmount + this.#heldBytes;
   }
 
   get closed(): boolean {

@@ -149,7 +149,8 @@ export class SubscriptionHub {
   }
 
   #send(sub: Subscription, e: StoredEvent): void {
-    if (sub.conn.closed) return;
+    // A subscription dropped for overflow (possibly half way through a catch-up page) sends nothing more.
+    if (sub.conn.closed || !this.#byId.has(sub.id)) return;
     if (sub.conn.bufferedAmount > this.#maxBuffered) {
       this.unsubscribe(sub.id);
       this.#opts.onOverflow?.();
@@ -162,7 +163,7 @@ export class SubscriptionHub {
           lastPosition: sub.last,
           message: 'The connection could not keep up; subscribe again with fromPosition = lastPosition to resume.',
         },
-      });
+      }, sub.heldBy);
       return;
     }
     sub.last = e.position;

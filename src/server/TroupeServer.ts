@@ -221,25 +221,32 @@ export class TroupeServer {
     }, this.#opts.authGraceMs ?? 10_000);
     grace.unref();
 
-    // Messages wait for the header authentication to finish, so their order is kept.
-    let ready: Promise<void> = Promise.resolve();
+    // Frames that arrive while the header credential is being checked wait for it, in order;
+    // after that each frame is handled as it arrives, so pipelined requests run concurrently.
+    let gate: Promise<void> | null = null;
     const header = req.headers.authorization;
     if (header) {
       const m = /^Bearer\s+(.+)$/i.exec(header);
-      ready = (m ? this.app.auth.authenticate(m[1]!.trim()) : Promise.reject(new ProtocolError('UNAUTHENTICATED', 'Use "Authorization: Bearer <token>".')))
+      gate = (m ? this.app.auth.authenticate(m[1]!.trim()) : Promise.reject(new ProtocolError('UNAUTHENTICATED', 'Use "Authorization: Bearer <token>".')))
         .then((p) => this.#authenticated(conn, p))
         .catch((e: unknown) => {
           const reason = e instanceof ProtocolError ? e.message : 'authentication failed';
           conn.notify({ jsonrpc: '2.0', method: SESSION_CLOSING, params: { reason } });
           conn.close(CloseCodes.UNAUTHENTICATED, reason);
+        })
+        .finally(() => {
+          gate = null;
         });
     }
 
     ws.on('message', (data: RawData, isBinary: boolean) => {
       const size = (data as Buffer).length ?? 0;
-      ready = ready.then(() => this.#onFrame(conn, data, isBinary, size)).catch((e: unknown) => {
-        this.#log.error({ err: e, conn: conn.id }, 'frame handling failed');
-      });
+      const handle = () =>
+        this.#onFrame(conn, data, isBinary, size).catch((e: unknown) => {
+          this.#log.error({ err: e, conn: conn.id }, 'frame handling failed');
+        });
+      if (gate) void gate.then(handle);
+      else void handle();
     });
     ws.on('close', () => {
       clearTimeout(grace);
@@ -325,6 +332,10 @@ export class TroupeServer {
     const method = req.method;
     if (!isMethodName(method)) {
       throw new ProtocolError('METHOD_NOT_FOUND', `There is no method "${method}". GET /protocol.json lists them all.`, { method });
+    }
+    // An unauthenticated connection can do nothing else, not even have its params checked.
+    if (!conn.principal && method !== 'ping' && method !== 'session.authenticate') {
+      throw new ProtocolError('UNAUTHENTICATED', 'Authenticate first: send an Authorization header on connect or call session.authenticate.');
     }
     const parsed = MethodSchemas[method].safeParse(req.params ?? {});
     if (!parsed.success) {

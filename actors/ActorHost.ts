@@ -373,7 +373,14 @@ export class ActorHost {
       actorId: cell.address.id,
       version,
     };
-    for (const l of this.#listeners) l([stored], [topics]);
+    for (const l of this.#listeners) {
+      // The event is stored: a failing listener must not turn the acknowledgement into an error.
+      try {
+        l([stored], [topics]);
+      } catch {
+        /* listeners report their own failures */
+      }
+    }
     for (const t of item.scheduleTimers ?? []) this.#opts.onTimerScheduled?.(t.fireAt);
     if (item.outbox?.length) this.#opts.onOutbox?.(item.outbox);
     return { snapshot: after, version, event: stored };
@@ -438,7 +445,7 @@ export class ActorHost {
       return new ProtocolError('NOT_FOUND', `${kind.kind} ${cell.address.id} does not exist.`, { kind: kind.kind, id: cell.address.id });
     }
     const status = kind.status(snapshot);
-    const allowed = acceptedEvents(snapshot);
+    const allowed = acceptedEvents(snapshot, this.#now());
     return new ProtocolError(
       'ILLEGAL_TRANSITION',
       `${kind.kind} ${cell.address.id} is ${status}; ${type} is not allowed now. Allowed now: ${allowed.join(', ') || 'nothing'}.`,
@@ -447,11 +454,16 @@ export class ActorHost {
   }
 }
 
-/** The client-facing event types a snapshot has transitions for (guards not evaluated). */
-export function acceptedEvents(snapshot: SnapshotFrom<AnyStateMachine>): string[] {
+/**
+ * The client-facing event types a snapshot accepts now. Guards are evaluated against a bare event
+ * of each type, so a transition that only a particular payload enables may still be listed.
+ */
+export function acceptedEvents(snapshot: SnapshotFrom<AnyStateMachine>, at = 0): string[] {
   const types = new Set<string>();
   for (const t of getNextTransitions(snapshot)) {
-    if (t.eventType && !t.eventType.startsWith('timer.') && !t.eventType.startsWith('xstate.')) types.add(t.eventType);
+    const type = t.eventType;
+    if (!type || type.startsWith('timer.') || type.startsWith('xstate.') || types.has(type)) continue;
+    if (snapshot.can({ type, at, by: 'system' })) types.add(type);
   }
   return [...types];
 }

@@ -29,6 +29,8 @@ export class TimerService {
   #handle: NodeJS.Timeout | null = null;
   #wakeAt = Number.POSITIVE_INFINITY;
   #inFlight = new Set<string>();
+  /** Timers whose delivery failed: how often, and when to try again (exponential back-off). */
+  #backoff = new Map<string, { failures: number; retryAt: number }>();
   #running = false;
   #closed = false;
   #opts: TimerServiceOptions;
@@ -69,10 +71,14 @@ export class TimerService {
 
   async #rearm(): Promise<void> {
     if (this.#closed) return;
-    const next = await this.#host.store.nextTimerAt();
+    let next = (await this.#host.store.nextTimerAt()) ?? Number.POSITIVE_INFINITY;
+    // A due timer that is backing off must not make the service spin: wait for its retry time.
+    if (next <= this.#now() && this.#backoff.size > 0) {
+      next = Math.max(next, Math.min(...[...this.#backoff.values()].map((b) => b.retryAt)));
+    }
     // A timer scheduled while the store was read armed an earlier wake-up that `next` may not
     // know of: keep it.
-    this.#arm(Math.min(next ?? Number.POSITIVE_INFINITY, this.#wakeAt));
+    this.#arm(Math.min(next, this.#wakeAt));
   }
 
   async #fire(): Promise<void> {
@@ -83,9 +89,10 @@ export class TimerService {
     try {
       for (;;) {
         const now = this.#now();
-        const due = (await this.#host.store.dueTimers(now, this.#batch)).filter(
-          (t) => !this.#inFlight.has(`${t.stream}#${t.name}#${t.fireAt}`),
-        );
+        const due = (await this.#host.store.dueTimers(now, this.#batch)).filter((t) => {
+          const key = `${t.stream}#${t.name}#${t.fireAt}`;
+          return !this.#inFlight.has(key) && (this.#backoff.get(key)?.retryAt ?? 0) <= now;
+        });
         if (due.length === 0) break;
         await Promise.all(
           due.map(async (t) => {
@@ -93,9 +100,12 @@ export class TimerService {
             this.#inFlight.add(key);
             try {
               await this.#host.fireTimer(t);
+              this.#backoff.delete(key);
               this.#opts.onFired?.(this.#now() - t.fireAt);
             } catch {
-              // Left in the store; the next wake tries again.
+              // Left in the store; tried again after a growing pause (100 ms doubling to 30 s).
+              const failures = (this.#backoff.get(key)?.failures ?? 0) + 1;
+              this.#backoff.set(key, { failures, retryAt: this.#now() + Math.min(100 * 2 ** (failures - 1), 30_000) });
             } finally {
               this.#inFlight.delete(key);
             }

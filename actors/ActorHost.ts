@@ -24,6 +24,12 @@ export interface TurnOptions<M extends AnyStateMachine = AnyStateMachine> {
   outboxDone?: string[];
   /** Delete this fired timer in the same commit. */
   firedTimer?: { name: string; fireAt: number };
+  /**
+   * The caller has just generated this actor's id (a random UUID), so its stream is empty:
+   * activation skips reading it. Should the stream exist after all, the commit (expected
+   * version 0) is refused, nothing is written and the actor is reloaded before the next message.
+   */
+  fresh?: boolean;
 }
 
 /** The outcome of an accepted turn. */
@@ -82,6 +88,8 @@ interface Cell {
   captured: Effect[] | null;
   /** Set when memory may be ahead of the store; the next job reloads the actor. */
   stale: boolean;
+  /** The first activation may skip the store: see {@link TurnOptions.fresh}. */
+  fresh: boolean;
 }
 
 /**
@@ -149,7 +157,7 @@ export class ActorHost {
     event: { type: string } & Record<string, unknown>,
     opts: TurnOptions<M>,
   ): Promise<TurnResult<M> | typeof DUPLICATE> {
-    return this.#enqueue(address, (cell) => this.#turn(cell, event, opts as TurnOptions));
+    return this.#enqueue(address, (cell) => this.#turn(cell, event, opts as TurnOptions), opts.fresh === true);
   }
 
   /** The committed snapshot and version of an actor (activating it if needed), read in its mailbox. */
@@ -225,7 +233,7 @@ export class ActorHost {
     });
   }
 
-  #enqueue<T>(address: ActorAddress, fn: (cell: Cell) => Promise<T>): Promise<T> {
+  #enqueue<T>(address: ActorAddress, fn: (cell: Cell) => Promise<T>, fresh = false): Promise<T> {
     if (this.#closed) return Promise.reject(new ProtocolError('UNAVAILABLE', 'The server is shutting down; retry on another connection.', { retryAfterMs: 1000 }));
     const kind = this.kind(address.kind);
     const stream = streamOf(address);
@@ -243,6 +251,7 @@ export class ActorHost {
         lastUsed: this.#now(),
         captured: null,
         stale: true,
+        fresh,
       };
       this.#cells.set(stream, cell);
     }
@@ -282,8 +291,10 @@ export class ActorHost {
     cell.actor?.stop();
     cell.actor = null;
     const lease = await this.#ownership.acquire(cell.stream);
-    const snap = await this.store.loadSnapshot(cell.stream);
-    const events = await this.store.readStream(cell.stream, snap?.version ?? 0);
+    const fresh = cell.fresh;
+    cell.fresh = false;
+    const snap = fresh ? undefined : await this.store.loadSnapshot(cell.stream);
+    const events = fresh ? [] : await this.store.readStream(cell.stream, snap?.version ?? 0);
     const machine = cell.kind.machine;
     const actor = createActor(machine, snap ? { snapshot: snap.state as never } : {});
     actor.on('*', (fx: Effect) => cell.captured?.push(fx));
@@ -442,16 +453,20 @@ export class ActorHost {
   #illegal(cell: Cell, snapshot: SnapshotFrom<AnyStateMachine>, type: string): ProtocolError {
     const kind = cell.kind;
     if (!kind.exists(snapshot)) {
-      return new ProtocolError('NOT_FOUND', `${kind.kind} ${cell.address.id} does not exist.`, { kind: kind.kind, id: cell.address.id });
+      return new ProtocolError('NOT_FOUND', `${capitalize(kind.kind)} ${cell.address.id} does not exist.`, { kind: kind.kind, id: cell.address.id });
     }
     const status = kind.status(snapshot);
     const allowed = acceptedEvents(snapshot, this.#now());
     return new ProtocolError(
       'ILLEGAL_TRANSITION',
-      `${kind.kind} ${cell.address.id} is ${status}; ${type} is not allowed now. Allowed now: ${allowed.join(', ') || 'nothing'}.`,
+      `${capitalize(kind.kind)} ${cell.address.id} is ${status}; ${type} is not allowed now. Allowed now: ${allowed.join(', ') || 'nothing'}.`,
       { kind: kind.kind, id: cell.address.id, status, event: type, allowed },
     );
   }
+}
+
+function capitalize(s: string): string {
+  return s.charAt(0).toUpperCase() + s.slice(1);
 }
 
 /**

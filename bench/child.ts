@@ -12,6 +12,19 @@ export interface Usage {
   flushes?: number;
 }
 
+/** A control message, or undefined for other output (e.g. `--trace-gc`), which goes to stderr. */
+function control(line: string): Record<string, unknown> | undefined {
+  if (line.startsWith('{')) {
+    try {
+      return JSON.parse(line) as Record<string, unknown>;
+    } catch {
+      // not ours
+    }
+  }
+  process.stderr.write(`[child] ${line}\n`);
+  return undefined;
+}
+
 /**
  * A bench child process (the Troupe node or the echo server) run with `node --import tsx`,
  * talking JSON lines over stdin/stdout (see childControl.ts).
@@ -27,8 +40,10 @@ export class Child {
     this.hello = hello;
     this.#exited = exited;
     lines.on('line', (line) => {
+      const msg = control(line);
+      if (!msg) return;
       const w = this.#waiters.shift();
-      if (w) w(JSON.parse(line) as Record<string, unknown>);
+      if (w) w(msg);
     });
   }
 
@@ -43,10 +58,14 @@ export class Child {
     const lines = readline.createInterface({ input: proc.stdout! });
     const hello = await new Promise<Record<string, unknown>>((resolve, reject) => {
       const timer = setTimeout(() => reject(new Error(`${file} did not start within ${opts.timeoutMs ?? 30_000} ms`)), opts.timeoutMs ?? 30_000);
-      lines.once('line', (line) => {
+      const first = (line: string) => {
+        const msg = control(line);
+        if (!msg) return;
         clearTimeout(timer);
-        resolve(JSON.parse(line) as Record<string, unknown>);
-      });
+        lines.off('line', first);
+        resolve(msg);
+      };
+      lines.on('line', first);
       void exited.then((code) => {
         clearTimeout(timer);
         reject(new Error(`${file} exited with ${code} before reporting its port`));

@@ -55,7 +55,22 @@ interface Row {
   serverCpuPct?: number;
   serverCpuUsPerCall?: number;
   clientCpuPct: number;
+  /** CPU used by everything else on the machine during the window (100% = one core); a noise flag. */
+  otherCpuPct?: number;
   commitsPerFlush?: number;
+}
+
+/** Busy and total jiffies of all CPUs from /proc/stat (Linux), or undefined elsewhere. */
+function machineCpu(): { busy: number; total: number } | undefined {
+  try {
+    const line = fs.readFileSync('/proc/stat', 'utf8').split('\n')[0]!;
+    const [, ...f] = line.trim().split(/\s+/).map(Number);
+    const [user, nice, system, idle, iowait, irq, softirq, steal] = f as number[];
+    const busy = user! + nice! + system! + irq! + softirq! + steal!;
+    return { busy, total: busy + idle! + iowait! };
+  } catch {
+    return undefined;
+  }
 }
 
 const fmt = (n: number, d = 0) =>
@@ -73,12 +88,16 @@ async function measure(
   work: Work,
 ): Promise<Row> {
   const usages: Promise<Usage>[] = [];
+  const machine: (ReturnType<typeof machineCpu>)[] = [];
   const r: LoopResult = await closedLoop({
     workers: clients * inFlight,
     warmupMs: WARMUP_MS,
     measureMs: MEASURE_MS,
     work,
-    onWindow: () => usages.push(server.usage()),
+    onWindow: () => {
+      usages.push(server.usage());
+      machine.push(machineCpu());
+    },
   });
   const [u0, u1] = await Promise.all(usages);
   const row: Row = {
@@ -97,6 +116,11 @@ async function measure(
     row.byMethodMs = Object.fromEntries([...r.byMethod].map(([m, s]) => [m, summarize(s)]));
     row.units = r.units;
     row.unitsPerSec = (r.units / r.windowMs) * 1000;
+  }
+  const [m0, m1] = machine;
+  if (m0 && m1 && m1.total > m0.total) {
+    const busyPct = ((m1.busy - m0.busy) / (m1.total - m0.total)) * os.cpus().length * 100;
+    row.otherCpuPct = Math.max(0, busyPct - row.clientCpuPct - (u0 && u1 ? ((u1.userUs + u1.systemUs - u0.userUs - u0.systemUs) / 1000 / r.windowMs) * 100 : 0));
   }
   if (u0 && u1) {
     const cpuUs = u1.userUs + u1.systemUs - (u0.userUs + u0.systemUs);
@@ -250,31 +274,35 @@ function printTable(raw: Row[], tr: Row[]): void {
   const out: string[] = [];
   out.push('');
   out.push('Raw ws baseline (separate echo process; same client code; JSON-RPC request ~100 B, task-sized reply ~1 KB)');
-  out.push(`  ${padEnd('clients×in flight', 18)} ${pad('rt/s', 8)} ${pad('p50', 7)} ${pad('p90', 7)} ${pad('p99', 7)} ms   ${pad('srv CPU', 7)} ${pad('cli CPU', 7)}`);
+  out.push(`  ${padEnd('clients×in flight', 18)} ${pad('rt/s', 8)} ${pad('p50', 7)} ${pad('p90', 7)} ${pad('p99', 7)} ms   ${pad('srv CPU', 7)} ${pad('cli CPU', 7)} ${pad('other', 6)}`);
   for (const r of raw) {
     out.push(
-      `  ${padEnd(`${r.clients}×${r.inFlightPerClient}`, 18)} ${pad(fmt(r.callsPerSec), 8)} ${pad(ms(r.latencyMs.p50), 7)} ${pad(ms(r.latencyMs.p90), 7)} ${pad(ms(r.latencyMs.p99), 7)}      ${pad(fmt(r.serverCpuPct ?? NaN) + '%', 7)} ${pad(fmt(r.clientCpuPct) + '%', 7)}`,
+      `  ${padEnd(`${r.clients}×${r.inFlightPerClient}`, 18)} ${pad(fmt(r.callsPerSec), 8)} ${pad(ms(r.latencyMs.p50), 7)} ${pad(ms(r.latencyMs.p90), 7)} ${pad(ms(r.latencyMs.p99), 7)}      ${pad(fmt(r.serverCpuPct ?? NaN) + '%', 7)} ${pad(fmt(r.clientCpuPct) + '%', 7)} ${pad(fmt(r.otherCpuPct ?? NaN) + '%', 6)}`,
     );
   }
   out.push('');
   out.push('Troupe vs raw ws at the same concurrency (agents = connections, 1 call in flight each)');
   out.push(
-    `  ${padEnd('scenario', 20)} ${pad('agents', 6)} ${pad('calls/s', 8)} ${pad('lc/s', 6)} ${pad('p50', 6)} ${pad('p90', 6)} ${pad('p99', 6)} │ ${pad('raw rt/s', 8)} ${pad('raw p99', 7)} │ ${pad('calls÷raw', 9)} ${pad('p99÷raw', 7)} │ ${pad('srv CPU', 7)} ${pad('µs/call', 7)} ${pad('calls/fsync', 11)}`,
+    `  ${padEnd('scenario', 20)} ${pad('agents', 6)} ${pad('calls/s', 8)} ${pad('lc/s', 6)} ${pad('p50', 6)} ${pad('p90', 6)} ${pad('p99', 6)} │ ${pad('raw rt/s', 8)} ${pad('raw p99', 7)} │ ${pad('calls÷raw', 9)} ${pad('p99÷raw', 7)} │ ${pad('srv CPU', 7)} ${pad('µs/call', 7)} ${pad('calls/fsync', 11)} ${pad('other', 6)}`,
   );
   for (const r of tr) {
     const b = rawAt(r.clients);
     out.push(
-      `  ${padEnd(r.name, 20)} ${pad(String(r.clients), 6)} ${pad(fmt(r.callsPerSec), 8)} ${pad(r.unitsPerSec !== undefined ? fmt(r.unitsPerSec) : '', 6)} ${pad(ms(r.latencyMs.p50), 6)} ${pad(ms(r.latencyMs.p90), 6)} ${pad(ms(r.latencyMs.p99), 6)} │ ${pad(fmt(b.callsPerSec), 8)} ${pad(ms(b.latencyMs.p99), 7)} │ ${pad(fmt((r.callsPerSec / b.callsPerSec) * 100, 1) + '%', 9)} ${pad(fmt(r.latencyMs.p99 / b.latencyMs.p99, 1) + '×', 7)} │ ${pad(fmt(r.serverCpuPct ?? NaN) + '%', 7)} ${pad(fmt(r.serverCpuUsPerCall ?? NaN), 7)} ${pad(fmt(r.commitsPerFlush ?? NaN, 1), 11)}` +
+      `  ${padEnd(r.name, 20)} ${pad(String(r.clients), 6)} ${pad(fmt(r.callsPerSec), 8)} ${pad(r.unitsPerSec !== undefined ? fmt(r.unitsPerSec) : '', 6)} ${pad(ms(r.latencyMs.p50), 6)} ${pad(ms(r.latencyMs.p90), 6)} ${pad(ms(r.latencyMs.p99), 6)} │ ${pad(fmt(b.callsPerSec), 8)} ${pad(ms(b.latencyMs.p99), 7)} │ ${pad(fmt((r.callsPerSec / b.callsPerSec) * 100, 1) + '%', 9)} ${pad(fmt(r.latencyMs.p99 / b.latencyMs.p99, 1) + '×', 7)} │ ${pad(fmt(r.serverCpuPct ?? NaN) + '%', 7)} ${pad(fmt(r.serverCpuUsPerCall ?? NaN), 7)} ${pad(fmt(r.commitsPerFlush ?? NaN, 1), 11)} ${pad(fmt(r.otherCpuPct ?? NaN) + '%', 6)}` +
         (r.errors ? `  ERRORS ${r.errors}: ${r.firstError}` : ''),
     );
   }
   out.push('  (latencies in ms; lc/s = lifecycles/s; srv CPU = server process CPU over the window, 100% = one core;');
-  out.push('   µs/call = server CPU per call; calls/fsync = store commits per group-commit transaction)');
+  out.push('   µs/call = server CPU per call; calls/fsync = store commits per group-commit transaction;');
+  out.push('   other = CPU used by other processes on the machine during the window: above ~15% the row is noisy)');
+  const noisy = [...raw, ...tr].filter((r) => (r.otherCpuPct ?? 0) > 15);
+  if (noisy.length > 0) out.push(`  WARNING: ${noisy.length} row(s) ran while other processes used more than 15% CPU; rerun on a quiet machine.`);
   const lcs = tr.filter((r) => r.byMethodMs);
   if (lcs.length > 0) {
     out.push('');
     out.push('Lifecycle latency per method (ms, p50 / p99)');
-    const methods = Object.keys(lcs[0]!.byMethodMs!);
+    const order = ['task.create', 'task.accept', 'task.start', 'task.complete'];
+    const methods = Object.keys(lcs[0]!.byMethodMs!).sort((a, b) => order.indexOf(a) - order.indexOf(b));
     out.push(`  ${padEnd('agents', 8)}` + methods.map((m) => pad(m, 20)).join(''));
     for (const r of lcs) {
       out.push(`  ${padEnd(String(r.clients), 8)}` + methods.map((m) => pad(`${ms(r.byMethodMs![m]!.p50)} / ${ms(r.byMethodMs![m]!.p99)}`, 20)).join(''));

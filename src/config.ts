@@ -36,10 +36,11 @@ export interface Config {
   bootstrap: boolean;
 }
 
-function int(v: string | undefined, fallback: number, name: string): number {
+function int(v: string | undefined, fallback: number, name: string, max = Number.MAX_SAFE_INTEGER): number {
   if (v === undefined || v === '') return fallback;
   const n = Number(v);
   if (!Number.isInteger(n) || n < 0) throw new Error(`${name} must be a non-negative integer, got "${v}"`);
+  if (n > max) throw new Error(`${name} must be at most ${max}, got "${v}"`);
   return n;
 }
 
@@ -62,7 +63,7 @@ export function loadConfig(argv: string[] = process.argv.slice(2), env: NodeJS.P
   const sync = (env.TROUPE_SQLITE_SYNC ?? 'FULL').toUpperCase();
   if (sync !== 'FULL' && sync !== 'NORMAL') throw new Error(`TROUPE_SQLITE_SYNC must be FULL or NORMAL, got "${sync}"`);
   return {
-    port: int(str('port') ?? env.TROUPE_PORT, 7420, 'port'),
+    port: int(str('port') ?? env.TROUPE_PORT, 7420, 'port', 65_535),
     host: str('host') ?? env.TROUPE_HOST ?? '127.0.0.1',
     dataDir,
     store: str('store') ?? env.TROUPE_STORE ?? `sqlite:${path.join(dataDir, 'troupe.db')}`,

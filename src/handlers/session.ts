@@ -17,7 +17,7 @@ async function authorizeTopic(app: App, p: Principal, topic: string): Promise<vo
     }
     if (kind === 'task' || kind === 'agent') {
       if (!(await app.store.getView(p.tenantId, kind, id))) {
-        throw new ProtocolError('NOT_FOUND', `${kind} ${id} does not exist.`, { kind, id });
+        throw new ProtocolError('NOT_FOUND', `${kind === 'task' ? 'Task' : 'Agent'} ${id} does not exist.`, { kind, id });
       }
       return;
     }

@@ -127,6 +127,7 @@ export function taskHandlers(app: App): Handlers {
         {
           principal: p.principalId,
           correlationId: ctx.correlationId,
+          fresh: true,
           idempotency: key ? { tenant: p.tenantId, key, requestHash, createdAt: app.now(), result: () => ({ taskId: id }) } : undefined,
         },
       );

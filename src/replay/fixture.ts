@@ -106,6 +106,7 @@ export type Step =
 
 /** The kinds of step, named after the key that identifies each. */
 export const StepKinds = ['send', 'sendRaw', 'expect', 'expectNone', 'restart', 'sleep', 'connect', 'disconnect', 'expectClose'] as const;
+/** One of {@link StepKinds}. */
 export type StepKind = (typeof StepKinds)[number];
 
 /** A replay fixture. */

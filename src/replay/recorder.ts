@@ -8,9 +8,9 @@ import { isTimestamp, isUuid } from './matchers.js';
 /**
  * The recorder: a WebSocket proxy in front of a Troupe server that turns the conversation of the
  * clients connected through it into a replay fixture. Generated values are generalised: UUIDs
- * become `"$uuid"`, timestamps `"$timestamp"`, and a generated value the client later sends back
- * (a task id, a subscription position, a cursor) becomes `"$capture:NAME"` where it first
- * arrives and `"$ref:NAME"` wherever it is used afterwards.
+ * become `"$uuid"`, timestamps `"$timestamp"`, and a generated value that is used again — sent
+ * back by the client (a task id, a subscription position, a cursor), or a UUID that appears in a
+ * later message — becomes `"$capture:NAME"` where it first arrives and `"$ref:NAME"` afterwards.
  */
 
 /** Options of {@link recordSession}. */
@@ -209,11 +209,16 @@ function escapeDollar(s: string): string {
   return s.startsWith('$') ? `$${s}` : s;
 }
 
-/** A capture name from where a value was first seen: `taskId` → `task`, `result.id` of `task.create` → `task`. */
-function nameFor(key: string | number | null, method: string | undefined): string {
+/**
+ * A capture name from where a value was first seen: `taskId` → `task`, `event.id` → `event`,
+ * `result.id` (or `result.items[0].id`) of `task.create` → `task`.
+ */
+function nameFor(key: string | number | null, parent: string | number | null, method: string | undefined): string {
   let base = typeof key === 'string' ? key : 'value';
-  if (base === 'id' && method) base = method === 'subscribe' ? 'subscription' : method.split('.')[0]!;
-  else if (base.endsWith('Id') && base.length > 2) base = base.slice(0, -2);
+  if (base === 'id') {
+    if (typeof parent === 'string' && parent !== 'result' && parent !== 'params') base = parent;
+    else if (method) base = method === 'subscribe' ? 'subscription' : method.split('.')[0]!;
+  } else if (base.endsWith('Id') && base.length > 2) base = base.slice(0, -2);
   base = base.replace(/[^A-Za-z0-9_.-]/g, '_');
   return base === 'token' ? 'token_' : base;
 }
@@ -237,27 +242,34 @@ export function fixtureFromTranscript(
   /** Request id → method, per client, to name captures. */
   const methods = new Map<string, string>();
 
-  /** For each value the client sends (strings, and positions it resumes from), the last index it is sent at. */
-  const lastSent = new Map<string, number>();
+  /**
+   * Where each value is last used: strings and resume positions the client sends, and UUIDs in
+   * any message (the same UUID twice is the same thing, so the fixture checks that it is).
+   */
+  const lastUse = new Map<string, number>();
   transcript.forEach((e, i) => {
-    if (e.type !== 'send' || e.data === undefined) return;
-    walkValues(e.data, null, (v, key) => {
-      if (typeof v === 'string' || key === 'fromPosition') lastSent.set(JSON.stringify(v), i);
-    });
+    if (e.type === 'send' && e.data !== undefined) {
+      walkValues(e.data, null, (v, key) => {
+        if (typeof v === 'string' || key === 'fromPosition') lastUse.set(JSON.stringify(v), i);
+      });
+    }
+    if (e.type === 'receive') walkValues(e.data, null, (v) => isUuid(v) && lastUse.set(JSON.stringify(v), i));
   });
 
   const generaliseReceived = (value: unknown, index: number, method: string | undefined): Json => {
-    const go = (v: unknown, key: string | number | null): Json => {
-      if (Array.isArray(v)) return v.map((x, i) => go(x, i));
-      if (isRecord(v)) return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, go(x, k)]));
+    // `parent` is the nearest enclosing object key, skipping array indexes.
+    const go = (v: unknown, key: string | number | null, parent: string | number | null): Json => {
+      if (Array.isArray(v)) return v.map((x, i) => go(x, i, key));
+      if (isRecord(v)) return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, go(x, k, typeof key === 'number' ? parent : key)]));
       const g = generated(v, key);
       const json = JSON.stringify(v);
       if (g && !clientOwned.has(json)) {
         const name = captured.get(json);
         if (name) return `$ref:${name}`;
-        if ((lastSent.get(json) ?? -1) > index) {
-          let n = nameFor(key, method);
-          for (let i = 2; used.has(n); i++) n = `${nameFor(key, method)}${i}`;
+        if ((lastUse.get(json) ?? -1) > index) {
+          const base = nameFor(key, parent, method);
+          let n = base;
+          for (let i = 2; used.has(n); i++) n = `${base}${i}`;
           used.add(n);
           captured.set(json, n);
           return `$capture:${n}`;
@@ -266,7 +278,7 @@ export function fixtureFromTranscript(
       }
       return typeof v === 'string' ? escapeDollar(v) : (v as Json);
     };
-    return go(value, null);
+    return go(value, null, null);
   };
 
   const generaliseSent = (value: unknown, client: string): Json => {

@@ -127,7 +127,10 @@ class ReplayClient {
   }
 
   send(text: string): void {
-    if (!this.connected) throw new StepFailed(`client ${this.name} is not connected${this.#describeClose()}; add a { "client": "${this.name}", "connect": true } step first`);
+    if (!this.connected) {
+      const closed = this.#closed ? ` (${this.#closeText()})` : '';
+      throw new StepFailed(`client ${this.name} is not connected${closed}; add a { "client": "${this.name}", "connect": true } step first`);
+    }
     this.#trace?.(`${this.name} → ${text}`);
     this.#ws!.send(text);
   }
@@ -188,14 +191,15 @@ class ReplayClient {
     for (const w of [...this.#wakers]) w();
   }
 
-  #describeClose(): string {
-    return this.#closed ? ` (its connection was closed with ${this.#closed.code}${this.#closed.reason ? ` "${this.#closed.reason}"` : ''})` : '';
+  #closeText(): string {
+    const c = this.#closed!;
+    return `the connection was closed with ${c.code}${c.reason ? ` "${c.reason}"` : ''}`;
   }
 
-  /** The reason the connection cannot receive more messages, if so. */
+  /** Why no more messages can arrive, or null while the connection is open. */
   get deadReason(): string | null {
     if (this.connected) return null;
-    return this.#closed ? `the connection was closed with ${this.#closed.code}${this.#closed.reason ? ` "${this.#closed.reason}"` : ''}` : 'the client is not connected';
+    return this.#closed ? this.#closeText() : 'the client is not connected';
   }
 }
 
@@ -204,11 +208,16 @@ class ReplayServer {
   #dir: string;
   #spec: ServerSpec;
   #server: TroupeServer | null = null;
-  url = '';
+  #url = '';
 
   private constructor(dir: string, spec: ServerSpec) {
     this.#dir = dir;
     this.#spec = spec;
+  }
+
+  /** The WebSocket URL of the running server; changes with each restart. */
+  get url(): string {
+    return this.#url;
   }
 
   static async start(spec: ServerSpec = {}): Promise<ReplayServer> {
@@ -243,7 +252,7 @@ class ReplayServer {
     const store = new SqliteStore({ path: path.join(this.#dir, 'troupe.db'), synchronous: 'NORMAL' });
     const server = new TroupeServer({ store, port: 0, maxFrameBytes: this.#spec.maxFrameBytes, authGraceMs: this.#spec.authGraceMs });
     this.#server = server;
-    this.url = (await server.start()).url;
+    this.#url = (await server.start()).url;
   }
 }
 

@@ -56,6 +56,17 @@ export interface TroupeServerOptions {
   now?: () => number;
 }
 
+/**
+ * The id of an oversized request, if it appears near the start of the frame, so the error can
+ * name it without parsing megabytes of JSON.
+ */
+function requestIdHint(data: RawData): string | number | null {
+  const head = (Buffer.isBuffer(data) ? data : Buffer.from(data as ArrayBuffer)).subarray(0, 256).toString();
+  const m = /^\s*\{[^{}[\]]*?"id"\s*:\s*("(?:[^"\\]{0,128})"|-?\d{1,15})\s*[,}]/.exec(head);
+  if (!m) return null;
+  return m[1]!.startsWith('"') ? m[1]!.slice(1, -1) : Number(m[1]);
+}
+
 /** Frames larger than this many times the processing limit close the connection outright. */
 const HARD_FRAME_FACTOR = 4;
 
@@ -294,7 +305,7 @@ export class TroupeServer {
       conn.reply(
         [],
         errorResponse(
-          null,
+          requestIdHint(data),
           new ProtocolError('PAYLOAD_TOO_LARGE', `The frame has ${size} bytes; the limit is ${this.#maxFrame}. Split the request.`, {
             limitBytes: this.#maxFrame,
             sizeBytes: size,

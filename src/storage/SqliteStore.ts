@@ -152,6 +152,9 @@ export class SqliteStore implements Store {
       db.pragma('journal_mode = WAL');
       db.pragma(`synchronous = ${synchronous}`);
       db.pragma('busy_timeout = 5000');
+      // Every commit call runs in its own savepoint, whose sub-journal otherwise spills to a temp
+      // file (a pwrite per touched page); in memory it costs a memcpy. Durability is unaffected.
+      db.pragma('temp_store = MEMORY');
       migrate(db);
     } catch (err) {
       db.close();

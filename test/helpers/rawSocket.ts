@@ -130,6 +130,11 @@ export class RawSocket {
       .filter((m) => isObj(m) && typeof m.method === 'string' && !('id' in m) && (method === undefined || m.method === method));
   }
 
+  /** Waits for the socket to be closed (by either side), failing after `timeoutMs`. */
+  waitClosed(timeoutMs = 5000): Promise<{ code: number; reason: string }> {
+    return within(this.closed, timeoutMs, 'the socket to close');
+  }
+
   /** Closes and waits for the close. */
   async close(): Promise<void> {
     if (this.ws.readyState === WebSocket.CLOSED) return;
@@ -142,6 +147,15 @@ export class RawSocket {
     this.ws.terminate();
     await this.closed;
   }
+}
+
+/** Resolves like `p`, or rejects once `timeoutMs` have passed without it settling. */
+export function within<T>(p: Promise<T>, timeoutMs: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`timed out after ${timeoutMs} ms waiting for ${what}`)), timeoutMs);
+  });
+  return Promise.race([p, timeout]).finally(() => clearTimeout(timer));
 }
 
 function isObj(v: unknown): v is Record<string, any> {

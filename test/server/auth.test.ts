@@ -5,7 +5,7 @@ import { connect } from '../../protocol/client.js';
 import { ErrorCodes, ProtocolError } from '../../protocol/errors.js';
 import { MethodSchemas, type MethodName } from '../../protocol/methods.js';
 import type { Task } from '../../protocol/model.js';
-import { RawSocket, type WireResponse } from '../helpers/rawSocket.js';
+import { RawSocket, within, type WireResponse } from '../helpers/rawSocket.js';
 import { startServer, type TestServer } from '../helpers/server.js';
 
 const SECRET = 'test-secret-that-is-long-enough-for-hs256';
@@ -100,7 +100,7 @@ test('refuses every method but ping and session.authenticate without a credentia
 test('closes an unauthenticated connection with 4001 after the grace period', async (ctx) => {
   const raw = await RawSocket.open(ctx.ts.url);
   assert.ok((await raw.call('ping')).result, 'ping works while waiting');
-  const { code, reason } = await raw.closed;
+  const { code, reason } = await raw.waitClosed();
   assert.is(code, 4001);
   assert.match(reason, /authentication/);
   const closing = raw.notifications('session.closing');
@@ -115,7 +115,7 @@ test('keeps a connection that authenticated with session.authenticate past the g
   assert.equal(auth.result, { tenantId: 'acme', principalId: 'lead', roles: ['admin'] });
   // A sentinel opened later is closed after its grace period, so ours has passed too.
   const sentinel = await RawSocket.open(ctx.ts.url);
-  assert.is((await sentinel.closed).code, 4001);
+  assert.is((await sentinel.waitClosed()).code, 4001);
   assert.ok(raw.open, 'the authenticated connection stays open');
   const me = await raw.call('session.whoami');
   assert.is((me.result as { principalId: string }).principalId, 'lead');
@@ -167,7 +167,7 @@ test('closes a connection whose header carries a bad or revoked key with 4001', 
     const raw = await RawSocket.open(ctx.ts.url, token);
     // A request sent at once is not run: the connection closes instead.
     raw.send({ jsonrpc: '2.0', id: 1, method: 'task.create', params: { type: 'header', title: 'nope' } });
-    const { code } = await raw.closed;
+    const { code } = await raw.waitClosed();
     assert.is(code, 4001);
     assert.is(raw.indexOf((f) => f.msg?.id === 1), -1);
     assert.match(raw.notifications('session.closing')[0].params.reason, /API key|neither/);
@@ -175,12 +175,12 @@ test('closes a connection whose header carries a bad or revoked key with 4001', 
   const key = await ctx.ts.key('acme', 'gone', ['agent']);
   await ctx.ts.store.revokeApiKey(key.split('_')[1]!, Date.now());
   const raw = await RawSocket.open(ctx.ts.url, key);
-  assert.is((await raw.closed).code, 4001);
+  assert.is((await raw.waitClosed()).code, 4001);
   assert.match(raw.notifications('session.closing')[0].params.reason, /revoked/);
 
   // The typed client does not retry a refused credential.
   const client = await connect(ctx.ts.url, { token: key, reconnect: true, initialDelayMs: 1 });
-  const disconnected = await new Promise<{ code: number }>((resolve) => client.once('disconnect', resolve));
+  const disconnected = await within(new Promise<{ code: number }>((resolve) => client.once('disconnect', resolve)), 5000, 'the disconnect');
   assert.is(disconnected.code, 4001);
   let reconnected = false;
   client.once('reconnect', () => (reconnected = true));

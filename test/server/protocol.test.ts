@@ -398,13 +398,14 @@ sizes('answers a frame just over maxFrameBytes with -32020 and keeps the connect
   });
   assert.ok(Buffer.byteLength(frame) > MAX_FRAME && Buffer.byteLength(frame) < 4 * MAX_FRAME);
   const r = await ctx.raw.exchange(frame);
-  const res = expectError(r.msg, ErrorCodes.PAYLOAD_TOO_LARGE, null);
+  // The id is read from the start of the frame, so the error names the request.
+  const res = expectError(r.msg, ErrorCodes.PAYLOAD_TOO_LARGE, 'big');
   assert.is(res.error!.data.limitBytes, MAX_FRAME);
   assert.is(res.error!.data.sizeBytes, Buffer.byteLength(frame));
   // Multi-byte characters count as bytes, not characters.
   const wide = JSON.stringify({ jsonrpc: '2.0', id: 'wide', method: 'ping', params: { x: 'é'.repeat(MAX_FRAME / 2) } });
   assert.ok(wide.length < MAX_FRAME + 100 && Buffer.byteLength(wide) > MAX_FRAME);
-  expectError((await ctx.raw.exchange(wide)).msg, ErrorCodes.PAYLOAD_TOO_LARGE, null);
+  expectError((await ctx.raw.exchange(wide)).msg, ErrorCodes.PAYLOAD_TOO_LARGE, 'wide');
   assert.is(await countTasks(ctx, type), 0);
   await stillServing(ctx, head);
 });
@@ -414,7 +415,7 @@ sizes('closes with 1009 on a frame over 4x maxFrameBytes, and the server still s
   assert.ok((await victim.call('ping')).result);
   const head = await ctx.ts.store.headPosition();
   victim.send(JSON.stringify({ jsonrpc: '2.0', id: 'huge', method: 'ping', params: { x: 'h'.repeat(4 * MAX_FRAME) } }));
-  const { code } = await victim.closed;
+  const { code } = await victim.waitClosed();
   assert.is(code, 1009);
   assert.is(victim.indexOf((f) => f.msg?.id === 'huge'), -1, 'the frame was not answered');
   const fresh = await RawSocket.open(ctx.ts.url, ctx.key);

@@ -3,7 +3,7 @@ import * as assert from 'uvu/assert';
 import { connect, type TroupeClient } from '../../protocol/client.js';
 import { ErrorCodes, ProtocolError } from '../../protocol/errors.js';
 import type { ActorEvent } from '../../protocol/model.js';
-import { CuttableProxy, RawSocket } from '../helpers/rawSocket.js';
+import { CuttableProxy, RawSocket, within } from '../helpers/rawSocket.js';
 import { startServer, type TestServer } from '../helpers/server.js';
 import { waitFor } from '../helpers/waitFor.js';
 
@@ -234,7 +234,7 @@ test('the typed client resumes by itself after the connection drops, delivering 
   const disconnected = new Promise((resolve) => client.once('disconnect', resolve));
   proxy.refusing = true;
   proxy.cutAll();
-  await disconnected;
+  await within(disconnected, 5000, 'the disconnect');
   for (let i = 0; i < 5; i++) await lead.call('task.update', { taskId: t.id, title: `while away ${i}` });
   await waitFor(() => ref.events.length === 7);
   // It keeps trying while refused; then it is let back in.

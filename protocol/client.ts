@@ -210,7 +210,7 @@ export class TroupeClient extends EventEmitter {
       if (this.#closed) return;
       this.#connect().then(
         async () => {
-          for (const s of this.#subs) await this.#resubscribe(s, undefined).catch(() => undefined);
+          for (const s of this.#subs) await this.#resubscribe(s, s.lastPosition).catch(() => undefined);
           this.emit('reconnect');
         },
         () => this.#scheduleReconnect(),

@@ -95,7 +95,7 @@ test('keeps every acknowledged change across close and a new server on the same 
   }
 });
 
-test('reports agents offline with no connections after a restart', async (ctx) => {
+test('reports agents offline with no connections after a restart, also when their disconnects were never recorded', async (ctx) => {
   const one = await serverOn(ctx.dir);
   const leadKey = await one.key('acme', 'lead', ['admin']);
   const w1 = await one.client('acme', 'w1', ['agent']);
@@ -109,16 +109,22 @@ test('reports agents offline with no connections after a restart', async (ctx) =
     ['w2', 'busy', 1],
   ]);
   await lead.close();
-  await one.close();
 
-  const two = await serverOn(ctx.dir);
+  // As after a crash: the new server starts while the store still says both agents are connected.
+  const store = sqliteStore(ctx.dir);
+  assert.is((await store.getView('acme', 'agent', 'w1'))!.status, 'online');
+  const two = await startServer({ store });
   try {
     const lead2 = await connect(two.url, { token: leadKey, reconnect: false });
     const agents = (await lead2.call('agent.list', {})).items;
     assert.equal(agents.map((a) => [a.id, a.status, a.connections]).sort(), [['w1', 'offline', 0], ['w2', 'offline', 0]]);
     assert.equal((await lead2.call('agent.list', { status: ['online', 'busy'] })).items, []);
+    // The old incarnation going away later changes nothing.
+    await one.close();
+    assert.equal(pick(await lead2.call('agent.get', { agentId: 'w1' })), ['offline', 0]);
     await lead2.close();
   } finally {
+    await one.close();
     await two.close();
   }
 });

@@ -10,6 +10,12 @@ import { waitFor } from '../helpers/waitFor.js';
 interface Ctx {
   ts: TestServer;
   n: number;
+  /** Run after each test, passed or failed, so a failure cannot leave a proxy holding the process. */
+  cleanups: (() => Promise<void>)[];
+}
+
+async function runCleanups(ctx: { cleanups: (() => Promise<void>)[] }): Promise<void> {
+  for (const c of ctx.cleanups.splice(0).reverse()) await c().catch(() => undefined);
 }
 
 /** Collects what a subscription handler receives. */
@@ -46,7 +52,10 @@ const test = suite<Ctx>('subscriptions: topics, resume from a position, reconnec
 test.before(async (ctx) => {
   ctx.ts = await startServer();
   ctx.n = 0;
+  ctx.cleanups = [];
 });
+
+test.after.each(runCleanups);
 
 test.after(async (ctx) => {
   await ctx.ts.close();
@@ -215,6 +224,7 @@ test('the typed client resumes by itself after the connection drops, delivering 
   const { tenant, lead, eye } = await team(ctx);
   const port = Number(new URL(ctx.ts.url).port);
   const proxy = await CuttableProxy.start(port);
+  ctx.cleanups.push(() => proxy.close());
   const ref = recorder();
   await eye.subscribe('tenant', ref.handler);
   const client = await connect(proxy.url, {
@@ -223,6 +233,7 @@ test('the typed client resumes by itself after the connection drops, delivering 
     initialDelayMs: 5,
     maxDelayMs: 20,
   });
+  ctx.cleanups.push(() => client.close());
   const rec = recorder();
   await client.subscribe('tenant', rec.handler);
   const t = await lead.call('task.create', { type: 's', title: 'roaming' });
@@ -301,6 +312,7 @@ interface OverflowCtx {
   key: string;
   producer: TroupeClient;
   n: number;
+  cleanups: (() => Promise<void>)[];
 }
 
 const overflow = suite<OverflowCtx>('subscriptions: a slow subscriber is told and resumes without gaps');
@@ -310,7 +322,10 @@ overflow.before(async (ctx) => {
   ctx.key = await ctx.ts.key('slow', 'lead', ['admin']);
   ctx.producer = await ctx.ts.client('slow', 'producer', ['admin']);
   ctx.n = 0;
+  ctx.cleanups = [];
 });
+
+overflow.after.each(runCleanups);
 
 overflow.after(async (ctx) => {
   await ctx.ts.close();
@@ -416,7 +431,9 @@ overflow('sends one overflow, not one per replayed event, when the socket is alr
 overflow('the typed client resumes by itself after an overflow, delivering each event once', async (ctx) => {
   const port = Number(new URL(ctx.ts.url).port);
   const proxy = await CuttableProxy.start(port);
+  ctx.cleanups.push(() => proxy.close());
   const client = await connect(proxy.url, { token: ctx.key, reconnect: false });
+  ctx.cleanups.push(() => client.close());
   const rec = recorder();
   const sub = await client.subscribe('tenant', rec.handler);
   const from = sub.lastPosition;

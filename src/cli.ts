@@ -31,9 +31,11 @@ The store is the one the server uses: --store / TROUPE_STORE, or sqlite:<dataDir
 (--data-dir / TROUPE_DATA_DIR, default ./data). SQLite may be used while the server runs.
 `;
 
+/** A usage error: reported on stderr with exit code 2. */
+export class CliError extends Error {}
+
 function fail(message: string): never {
-  process.stderr.write(`troupe: ${message}\n`);
-  process.exit(2);
+  throw new CliError(message);
 }
 
 /**
@@ -65,8 +67,29 @@ export async function verifyStore(store: Store): Promise<{ streams: number; snap
   return { streams, snapshots, mismatches };
 }
 
-/** Runs one CLI command; exported for tests. Returns the process exit code. */
-export async function runCli(argv: string[], out: (s: string) => void = (s) => process.stdout.write(s)): Promise<number> {
+/**
+ * Runs one CLI command and returns the process exit code: 0 done, 1 a check failed, 2 a usage
+ * or input error (written to `err`).
+ */
+export async function runCli(
+  argv: string[],
+  out: (s: string) => void = (s) => process.stdout.write(s),
+  err: (s: string) => void = (s) => process.stderr.write(s),
+): Promise<number> {
+  try {
+    return await runCommand(argv, out);
+  } catch (e) {
+    // parseArgs reports unknown or malformed options with a TypeError carrying an ERR_PARSE_ARGS code.
+    const code = (e as { code?: string }).code;
+    if (e instanceof CliError || code?.startsWith('ERR_PARSE_ARGS')) {
+      err(`troupe: ${(e as Error).message}\n`);
+      return 2;
+    }
+    throw e;
+  }
+}
+
+async function runCommand(argv: string[], out: (s: string) => void): Promise<number> {
   const [cmd, sub, ...rest] = argv;
   // The replay tools parse their own flags.
   if (cmd === 'replay' || cmd === 'record') {
@@ -174,6 +197,9 @@ export async function runCli(argv: string[], out: (s: string) => void = (s) => p
 if (process.argv[1] && import.meta.url === new URL(`file://${process.argv[1]}`).href) {
   runCli(process.argv.slice(2)).then(
     (code) => process.exit(code),
-    (e: unknown) => fail((e as Error).message),
+    (e: unknown) => {
+      process.stderr.write(`troupe: ${(e as Error).message}\n`);
+      process.exit(1);
+    },
   );
 }

@@ -22,6 +22,8 @@ export interface Config {
   authGraceMs: number;
   /** Actors idle this long are passivated (`TROUPE_IDLE_MS`). Default 60 000. */
   idleMs: number;
+  /** Open connections' credentials are re-checked this often (`TROUPE_CREDENTIAL_CHECK_MS`). Default 30 000. */
+  credentialCheckMs: number;
   /** A subscriber with more unsent bytes than this is dropped (`TROUPE_MAX_BUFFERED_BYTES`). Default 8 MiB. */
   maxBufferedBytes: number;
   /** HS256 secret that enables JWT bearer tokens (`TROUPE_JWT_SECRET`). Unset: API keys only. */
@@ -36,10 +38,10 @@ export interface Config {
   bootstrap: boolean;
 }
 
-function int(v: string | undefined, fallback: number, name: string, max = Number.MAX_SAFE_INTEGER): number {
+function int(v: string | undefined, fallback: number, name: string, max = Number.MAX_SAFE_INTEGER, min = 0): number {
   if (v === undefined || v === '') return fallback;
   const n = Number(v);
-  if (!Number.isInteger(n) || n < 0) throw new Error(`${name} must be a non-negative integer, got "${v}"`);
+  if (!Number.isInteger(n) || n < min) throw new Error(`${name} must be an integer of at least ${min}, got "${v}"`);
   if (n > max) throw new Error(`${name} must be at most ${max}, got "${v}"`);
   return n;
 }
@@ -68,9 +70,10 @@ export function loadConfig(argv: string[] = process.argv.slice(2), env: NodeJS.P
     dataDir,
     store: str('store') ?? env.TROUPE_STORE ?? `sqlite:${path.join(dataDir, 'troupe.db')}`,
     sqliteSync: sync,
-    maxFrameBytes: int(env.TROUPE_MAX_FRAME_BYTES, 1024 * 1024, 'TROUPE_MAX_FRAME_BYTES'),
+    maxFrameBytes: int(env.TROUPE_MAX_FRAME_BYTES, 1024 * 1024, 'TROUPE_MAX_FRAME_BYTES', 64 * 1024 * 1024, 1024),
     authGraceMs: int(env.TROUPE_AUTH_GRACE_MS, 10_000, 'TROUPE_AUTH_GRACE_MS'),
     idleMs: int(env.TROUPE_IDLE_MS, 60_000, 'TROUPE_IDLE_MS'),
+    credentialCheckMs: int(env.TROUPE_CREDENTIAL_CHECK_MS, 30_000, 'TROUPE_CREDENTIAL_CHECK_MS', Number.MAX_SAFE_INTEGER, 100),
     maxBufferedBytes: int(env.TROUPE_MAX_BUFFERED_BYTES, 8 * 1024 * 1024, 'TROUPE_MAX_BUFFERED_BYTES'),
     jwtSecret: env.TROUPE_JWT_SECRET || undefined,
     jwtIssuer: env.TROUPE_JWT_ISSUER || undefined,

@@ -19,11 +19,16 @@ export interface AuthenticatorOptions {
   jwtAudience?: string;
 }
 
+/** What a connection was authenticated with, so it can be checked again later. */
+export type Credential = { kind: 'apiKey'; keyId: string } | { kind: 'jwt'; expiresAt: number };
+
 /** A freshly created key: `key` is shown once and never stored. */
 export interface CreatedKey {
   key: string;
   record: ApiKeyRecord;
 }
+
+const DUMMY_HASH = '0'.repeat(64);
 
 function sha256(s: string): string {
   return createHash('sha256').update(s).digest('hex');
@@ -85,22 +90,35 @@ export class Authenticator {
 
   /** Resolves a token to its principal, or throws UNAUTHENTICATED saying why. */
   async authenticate(token: string): Promise<Principal> {
+    return (await this.verify(token)).principal;
+  }
+
+  /** Resolves a token to its principal and the credential to re-check later. */
+  async verify(token: string): Promise<{ principal: Principal; credential: Credential }> {
     const m = KEY_PATTERN.exec(token);
-    if (m) return this.#apiKey(m[1]!, m[2]!);
+    if (m) return { principal: await this.#apiKey(m[1]!, m[2]!), credential: { kind: 'apiKey', keyId: m[1]! } };
     if (token.split('.').length === 3) return this.#jwt(token);
     throw new ProtocolError('UNAUTHENTICATED', 'The token is neither an API key (trp_...) nor a JWT.');
+  }
+
+  /** Why a credential accepted earlier is no longer valid now, or null if it still is. */
+  async revoked(credential: Credential, now: number): Promise<string | null> {
+    if (credential.kind === 'jwt') return credential.expiresAt <= now ? 'The JWT expired.' : null;
+    const rec = await this.#store.getApiKey(credential.keyId);
+    return !rec || rec.revokedAt !== null ? 'The API key was revoked.' : null;
   }
 
   async #apiKey(id: string, secret: string): Promise<Principal> {
     const rec = await this.#store.getApiKey(id);
     const given = Buffer.from(sha256(secret), 'hex');
-    const ok = rec !== undefined && timingSafeEqual(given, Buffer.from(rec.secretHash, 'hex'));
+    // Compare against a dummy when the id is unknown, so timing does not reveal which ids exist.
+    const ok = timingSafeEqual(given, Buffer.from(rec?.secretHash ?? DUMMY_HASH, 'hex')) && rec !== undefined;
     if (!ok || !rec) throw new ProtocolError('UNAUTHENTICATED', 'The API key is not valid.');
     if (rec.revokedAt !== null) throw new ProtocolError('UNAUTHENTICATED', 'The API key was revoked.');
     return { tenantId: rec.tenant, principalId: rec.principal, roles: rec.roles as Role[] };
   }
 
-  async #jwt(token: string): Promise<Principal> {
+  async #jwt(token: string): Promise<{ principal: Principal; credential: Credential }> {
     if (!this.#secret) throw new ProtocolError('UNAUTHENTICATED', 'This server does not accept JWTs (no TROUPE_JWT_SECRET is configured).');
     let payload: Record<string, unknown>;
     try {
@@ -108,6 +126,8 @@ export class Authenticator {
         algorithms: ['HS256', 'HS384', 'HS512'],
         issuer: this.#opts.jwtIssuer,
         audience: this.#opts.jwtAudience,
+        // A token that never expires could never be taken back.
+        requiredClaims: ['exp'],
       }));
     } catch (e) {
       throw new ProtocolError('UNAUTHENTICATED', `The JWT is not valid: ${(e as Error).message}`);
@@ -116,6 +136,9 @@ export class Authenticator {
     const sub = Id.safeParse(payload.sub);
     if (!tenant.success) throw new ProtocolError('UNAUTHENTICATED', 'The JWT needs a "tid" (or "tenant") claim naming a valid tenant id.');
     if (!sub.success) throw new ProtocolError('UNAUTHENTICATED', 'The JWT needs a "sub" claim that is a valid principal id.');
-    return { tenantId: tenant.data, principalId: sub.data, roles: parseRoles(payload.roles) };
+    return {
+      principal: { tenantId: tenant.data, principalId: sub.data, roles: parseRoles(payload.roles) },
+      credential: { kind: 'jwt', expiresAt: (payload.exp as number) * 1000 },
+    };
   }
 }

@@ -1,6 +1,7 @@
 import type { WebSocket } from 'ws';
 import type { RpcId, RpcNotification, RpcResponse } from '../../protocol/jsonrpc.js';
 import type { Principal } from '../../protocol/model.js';
+import type { Credential } from '../auth/Authenticator.js';
 
 /** Named WebSocket close codes (4000–4999 are ours). */
 export const CloseCodes = {
@@ -21,6 +22,8 @@ export class Connection {
   readonly id: string;
   readonly ws: WebSocket;
   principal: Principal | null = null;
+  /** What the principal authenticated with; re-checked periodically. */
+  credential: Credential | null = null;
   /** Subscription ids of this connection. */
   readonly subscriptions = new Set<string>();
   /** Correlation ids of requests in progress, with notifications held back for each. */

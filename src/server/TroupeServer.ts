@@ -19,7 +19,7 @@ import { MethodSchemas, isMethodName, type MethodName } from '../../protocol/met
 import { protocolJsonSchema } from '../../protocol/schema.js';
 import type { Principal } from '../../protocol/model.js';
 import { machines } from '../../machines/index.js';
-import { Authenticator } from '../auth/Authenticator.js';
+import { Authenticator, type Credential } from '../auth/Authenticator.js';
 import { agentHandlers } from '../handlers/agents.js';
 import { sessionHandlers } from '../handlers/session.js';
 import { taskHandlers } from '../handlers/tasks.js';
@@ -44,6 +44,8 @@ export interface TroupeServerOptions {
   authGraceMs?: number;
   /** Idle actors are passivated after this long (default 60 000). */
   idleMs?: number;
+  /** Open connections' credentials are re-checked this often; revoked or expired ones are closed (default 30 000). */
+  credentialCheckMs?: number;
   /** A subscriber with more unsent bytes is dropped (default 8 MiB). */
   maxBufferedBytes?: number;
   jwtSecret?: string;
@@ -93,6 +95,7 @@ export class TroupeServer {
   #closing: Promise<void> | null = null;
   #log: Logger;
   #maxFrame: number;
+  #credentialCheck: NodeJS.Timeout | null = null;
 
   constructor(opts: TroupeServerOptions) {
     this.#opts = opts;
@@ -144,6 +147,8 @@ export class TroupeServer {
       this.#http.once('error', reject);
       this.#http.listen(this.#opts.port ?? 0, this.#opts.host ?? '127.0.0.1', () => resolve());
     });
+    this.#credentialCheck = setInterval(() => void this.checkCredentials(), this.#opts.credentialCheckMs ?? 30_000);
+    this.#credentialCheck.unref();
     const { port } = this.#http.address() as AddressInfo;
     const host = this.#opts.host ?? '127.0.0.1';
     const shown = host === '0.0.0.0' || host === '::' ? '127.0.0.1' : host;
@@ -161,6 +166,7 @@ export class TroupeServer {
    */
   close(): Promise<void> {
     this.#closing ??= (async () => {
+      if (this.#credentialCheck) clearInterval(this.#credentialCheck);
       this.#timers.close();
       this.#outbox.close();
       for (const c of this.#conns) {
@@ -176,6 +182,24 @@ export class TroupeServer {
       await this.app.store.close();
     })();
     return this.#closing;
+  }
+
+  /**
+   * Closes (code 4003) every connection whose API key was revoked or whose JWT expired since it
+   * authenticated. Runs every `credentialCheckMs`; returns how many were closed.
+   */
+  async checkCredentials(): Promise<number> {
+    let closed = 0;
+    const now = this.app.now();
+    for (const conn of [...this.#conns]) {
+      if (!conn.credential || conn.closed) continue;
+      const reason = await this.app.auth.revoked(conn.credential, now).catch(() => null);
+      if (!reason) continue;
+      conn.notify({ jsonrpc: '2.0', method: SESSION_CLOSING, params: { reason } });
+      conn.close(CloseCodes.CREDENTIAL_REVOKED, reason);
+      closed++;
+    }
+    return closed;
   }
 
   /** After a restart no connection is open: agents recorded as connected are reset. */
@@ -238,8 +262,8 @@ export class TroupeServer {
     const header = req.headers.authorization;
     if (header) {
       const m = /^Bearer\s+(.+)$/i.exec(header);
-      gate = (m ? this.app.auth.authenticate(m[1]!.trim()) : Promise.reject(new ProtocolError('UNAUTHENTICATED', 'Use "Authorization: Bearer <token>".')))
-        .then((p) => this.#authenticated(conn, p))
+      gate = (m ? this.app.auth.verify(m[1]!.trim()) : Promise.reject(new ProtocolError('UNAUTHENTICATED', 'Use "Authorization: Bearer <token>".')))
+        .then((v) => this.#authenticated(conn, v.principal, v.credential))
         .catch((e: unknown) => {
           const reason = e instanceof ProtocolError ? e.message : 'authentication failed';
           conn.notify({ jsonrpc: '2.0', method: SESSION_CLOSING, params: { reason } });
@@ -268,7 +292,7 @@ export class TroupeServer {
     ws.on('error', (e) => this.#log.debug({ err: e, conn: conn.id }, 'socket error'));
   }
 
-  async #authenticated(conn: Connection, p: Principal): Promise<void> {
+  async #authenticated(conn: Connection, p: Principal, credential: Credential): Promise<void> {
     if (conn.principal) {
       if (conn.principal.tenantId !== p.tenantId || conn.principal.principalId !== p.principalId) {
         throw new ProtocolError('FORBIDDEN', 'This connection is already authenticated as another principal; open a new connection.');
@@ -276,6 +300,7 @@ export class TroupeServer {
       return;
     }
     conn.principal = p;
+    conn.credential = credential;
     this.app.presence.add(p.tenantId, p.principalId);
     await this.#agentEvent(p, 'agent.connected');
   }
@@ -357,9 +382,9 @@ export class TroupeServer {
     const params = parsed.data as Record<string, unknown>;
     if (method === 'ping') return { pong: true, time: new Date(this.app.now()).toISOString() };
     if (method === 'session.authenticate') {
-      const p = await this.app.auth.authenticate(params.token as string);
-      await this.#authenticated(conn, p);
-      return p;
+      const v = await this.app.auth.verify(params.token as string);
+      await this.#authenticated(conn, v.principal, v.credential);
+      return v.principal;
     }
     if (!conn.principal) {
       throw new ProtocolError('UNAUTHENTICATED', 'Authenticate first: send an Authorization header on connect or call session.authenticate.');

@@ -67,10 +67,10 @@ function expectUnauthenticated(r: WireResponse | undefined, what: string): void 
   assert.is(r!.error!.data.reason, 'UNAUTHENTICATED');
 }
 
-function jwt(claims: Record<string, unknown>, opts: { secret?: string; sub?: string | null; exp?: string | number } = {}) {
+function jwt(claims: Record<string, unknown>, opts: { secret?: string; sub?: string | null; exp?: string | number | null } = {}) {
   const s = new SignJWT(claims).setProtectedHeader({ alg: 'HS256' }).setIssuedAt();
   if (opts.sub !== null) s.setSubject(opts.sub ?? 'w1');
-  s.setExpirationTime(opts.exp ?? '5m');
+  if (opts.exp !== null) s.setExpirationTime(opts.exp ?? '5m');
   return s.sign(new TextEncoder().encode(opts.secret ?? SECRET));
 }
 
@@ -216,6 +216,7 @@ test('refuses a JWT with a wrong secret, expired, unsigned or missing claims, sa
     ['no tid', jwt({ roles: ['agent'] }), /"tid"/],
     ['bad tid', jwt({ tid: 'Not A Tenant!', roles: ['agent'] }), /"tid"/],
     ['no sub', jwt({ tid: 'jwt-co', roles: ['agent'] }, { sub: null }), /"sub"/],
+    ['no expiry', jwt({ tid: 'jwt-co', roles: ['agent'] }, { exp: null }), /"exp"/],
     ['no roles', jwt({ tid: 'jwt-co' }), /roles/],
     ['unknown role', jwt({ tid: 'jwt-co', roles: ['root'] }), /roles/],
     ['unsigned', new UnsecuredJWT({ tid: 'jwt-co', roles: ['admin'] }).setSubject('w1').encode(), /JWT is not valid/],
@@ -228,6 +229,36 @@ test('refuses a JWT with a wrong secret, expired, unsigned or missing claims, sa
   }
   expectUnauthenticated(await raw.call('task.search'), 'search after refused JWTs');
   await raw.close();
+});
+
+test('closes an open connection with 4003 once its key is revoked, and keeps the others', async (ctx) => {
+  const key = await ctx.ts.key('acme', 'soon-revoked', ['agent']);
+  const doomed = await RawSocket.open(ctx.ts.url, key);
+  const other = await RawSocket.open(ctx.ts.url, await ctx.ts.key('acme', 'stays', ['agent']));
+  assert.ok((await doomed.call('session.whoami')).result);
+  assert.is(await ctx.ts.server.checkCredentials(), 0, 'nothing is closed while every key is valid');
+  await ctx.ts.store.revokeApiKey(key.split('_')[1]!, Date.now());
+  assert.is(await ctx.ts.server.checkCredentials(), 1);
+  assert.is((await doomed.waitClosed()).code, 4003);
+  assert.match(doomed.notifications('session.closing')[0].params.reason, /revoked/);
+  assert.ok((await other.call('session.whoami')).result, 'another principal is not affected');
+  await other.close();
+});
+
+test('closes a JWT connection with 4003 when the token expires', async () => {
+  let now = Date.now();
+  const ts = await startServer({ jwtSecret: SECRET, now: () => now });
+  try {
+    const raw = await RawSocket.open(ts.url, await jwt({ tid: 'jwt-co', roles: ['agent'] }, { exp: '2m' }));
+    assert.ok((await raw.call('session.whoami')).result);
+    assert.is(await ts.server.checkCredentials(), 0);
+    now += 3 * 60_000;
+    assert.is(await ts.server.checkCredentials(), 1);
+    assert.is((await raw.waitClosed()).code, 4003);
+    assert.match(raw.notifications('session.closing')[0].params.reason, /expired/);
+  } finally {
+    await ts.close();
+  }
 });
 
 test('refuses JWTs on a server without a JWT secret', async () => {

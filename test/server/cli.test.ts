@@ -132,11 +132,13 @@ test('writes the protocol schema as valid JSON, to a file or to stdout', async (
   assert.match(help.out, /troupe keys create/);
 });
 
-test('refuses an unknown option in process without exiting', async () => {
-  let error: unknown = null;
-  await cli('keys', 'list', '--bogus').catch((e: unknown) => (error = e));
-  assert.ok(error instanceof Error);
-  assert.match((error as Error).message, /bogus/);
+test('refuses an unknown option or a missing argument in process, with exit code 2 and a message', async () => {
+  const unknown = await cli('keys', 'list', '--bogus');
+  assert.is(unknown.code, 2);
+  assert.match(unknown.err, /bogus/);
+  const missing = await cli('keys', 'create', '--tenant', 'acme');
+  assert.is(missing.code, 2);
+  assert.match(missing.err, /--principal/);
 });
 
 test('exits non-zero with a message on bad arguments', async (ctx) => {
@@ -196,6 +198,7 @@ test('loadConfig has documented defaults', () => {
     maxFrameBytes: 1024 * 1024,
     authGraceMs: 10_000,
     idleMs: 60_000,
+    credentialCheckMs: 30_000,
     maxBufferedBytes: 8 * 1024 * 1024,
     jwtSecret: undefined,
     jwtIssuer: undefined,
@@ -256,7 +259,7 @@ test('loadConfig refuses bad numbers and bad settings, naming them', () => {
 test('the server refuses to start on bad configuration, saying why', async () => {
   const r = await troupe(['--import', 'tsx', 'src/main.ts'], { TROUPE_PORT: 'lots', TROUPE_LOG_LEVEL: 'silent', TROUPE_STORE: 'memory:' });
   assert.is(r.code, 1);
-  assert.match(r.stderr, /port must be a non-negative integer/);
+  assert.match(r.stderr, /port must be an integer of at least 0/);
 });
 
 test.run();

@@ -10,6 +10,8 @@ export interface Usage {
   /** Troupe node only: store commit calls and group-commit flushes so far. */
   commits?: number;
   flushes?: number;
+  /** Troupe node only: actors in memory. */
+  activeActors?: number;
 }
 
 /** A control message, or undefined for other output (e.g. `--trace-gc`), which goes to stderr. */

@@ -3,6 +3,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
+import { performance } from 'node:perf_hooks';
 import { Child, type Usage } from './child.js';
 import { closedLoop, timed, type LoopResult, type Work } from './loadgen.js';
 import { summarizeProfile, printProfile } from './profile.js';
@@ -58,6 +59,9 @@ interface Row {
   /** CPU used by everything else on the machine during the window (100% = one core); a noise flag. */
   otherCpuPct?: number;
   commitsPerFlush?: number;
+  /** Troupe rows: the server's RSS and actors in memory at the end of the row. */
+  serverRssBytes?: number;
+  liveActors?: number;
 }
 
 /** Busy and total jiffies of all CPUs from /proc/stat (Linux), or undefined elsewhere. */
@@ -183,24 +187,24 @@ async function baseline(): Promise<Row[]> {
   return rows;
 }
 
-/** Troupe's rows; with `profileOnly`, just the lifecycle at 100 agents. */
-async function troupe(profileOnly: boolean): Promise<{ rows: Row[]; store: string; sizes: Record<string, number>; rssBytes: number; profile?: string }> {
+type Scenario = 'task.create' | 'lifecycle (4 calls)';
+
+/**
+ * One Troupe row on a fresh node and a fresh database, so rows do not depend on what ran before
+ * (tasks created by earlier rows would otherwise still be live actors and rows in the store).
+ */
+async function troupeRow(
+  scenario: Scenario,
+  agents: number,
+  profileDir?: string,
+): Promise<{ row: Row; store: string; sizes: Record<string, number> }> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'troupe-bench-'));
-  const profDir = path.join(resultsDir, 'profile');
-  const nodeArgs: string[] = [];
-  if (profileOnly) {
-    fs.rmSync(profDir, { recursive: true, force: true });
-    fs.mkdirSync(profDir, { recursive: true });
-    nodeArgs.push('--cpu-prof', `--cpu-prof-dir=${profDir}`, '--cpu-prof-interval=250');
-  }
-  const server = await Child.start('./serverProcess.ts', { nodeArgs, env: { BENCH_DIR: dir, BENCH_AGENTS: String(AGENTS) } });
+  const nodeArgs = profileDir ? ['--cpu-prof', `--cpu-prof-dir=${profileDir}`, '--cpu-prof-interval=250'] : [];
+  const server = await Child.start('./serverProcess.ts', { nodeArgs, env: { BENCH_DIR: dir, BENCH_AGENTS: String(agents) } });
   const url = `ws://127.0.0.1:${server.hello.port as number}/v1`;
-  const keys = server.hello.keys as string[];
-  const conns = await openConns(url, AGENTS, keys);
-  const rows: Row[] = [];
+  const conns = await openConns(url, agents, server.hello.keys as string[]);
   const sizes: Record<string, number> = {};
   let seq = 0;
-  let rssBytes = 0;
   try {
     // Every agent registers itself once (not measured).
     await Promise.all(
@@ -233,27 +237,39 @@ async function troupe(profileOnly: boolean): Promise<{ rows: Row[]; store: strin
       if (!(await timed(rec, 'task.start', () => conn.call('task.start', { taskId })))) return false;
       return (await timed(rec, 'task.complete', () => conn.call('task.complete', { taskId, result: { ok: true } }))) !== undefined;
     };
-
-    if (!profileOnly) {
-      for (const n of LEVELS) rows.push(await measure('task.create', server, n, 1, createWork));
-      for (const n of LEVELS) rows.push(await measure('lifecycle (4 calls)', server, n, 1, lifecycleWork));
-    } else {
-      rows.push(await measure('lifecycle (4 calls)', server, 100, 1, lifecycleWork));
-    }
-    rssBytes = (await server.usage()).rssBytes;
+    const row = await measure(scenario, server, agents, 1, scenario === 'task.create' ? createWork : lifecycleWork);
+    const u = await server.usage();
+    row.serverRssBytes = u.rssBytes;
+    row.liveActors = u.activeActors;
+    return { row, store: server.hello.store as string, sizes };
   } finally {
     await closeAll(conns);
     await server.stop();
     fs.rmSync(dir, { recursive: true, force: true });
   }
-  let profile: string | undefined;
+}
+
+/** Troupe's rows; with `profileOnly`, just the lifecycle at 100 agents under `--cpu-prof`. */
+async function troupe(profileOnly: boolean): Promise<{ rows: Row[]; store: string; sizes: Record<string, number>; profile?: string }> {
   if (profileOnly) {
+    const profDir = path.join(resultsDir, 'profile');
+    fs.rmSync(profDir, { recursive: true, force: true });
+    fs.mkdirSync(profDir, { recursive: true });
+    const r = await troupeRow('lifecycle (4 calls)', 100, profDir);
     // CPU.<date>.<time>.<pid>.<thread>.<seq>.cpuprofile: thread 0 is the main thread (tsx's
     // loader hooks run in a worker thread that writes its own profile).
     const main = fs.readdirSync(profDir).find((f) => /^CPU\.\d+\.\d+\.\d+\.0\.\d+\.cpuprofile$/.test(f));
-    profile = main ? path.join(profDir, main) : undefined;
+    return { rows: [r.row], store: r.store, sizes: r.sizes, profile: main ? path.join(profDir, main) : undefined };
   }
-  return { rows, store: server.hello.store as string, sizes, rssBytes, profile };
+  const rows: Row[] = [];
+  let last: Awaited<ReturnType<typeof troupeRow>> | undefined;
+  for (const scenario of ['task.create', 'lifecycle (4 calls)'] as const) {
+    for (const n of LEVELS) {
+      last = await troupeRow(scenario, n);
+      rows.push(last.row);
+    }
+  }
+  return { rows, store: last!.store, sizes: last!.sizes };
 }
 
 function env(): Record<string, unknown> {
@@ -283,17 +299,18 @@ function printTable(raw: Row[], tr: Row[]): void {
   out.push('');
   out.push('Troupe vs raw ws at the same concurrency (agents = connections, 1 call in flight each)');
   out.push(
-    `  ${padEnd('scenario', 20)} ${pad('agents', 6)} ${pad('calls/s', 8)} ${pad('lc/s', 6)} ${pad('p50', 6)} ${pad('p90', 6)} ${pad('p99', 6)} │ ${pad('raw rt/s', 8)} ${pad('raw p99', 7)} │ ${pad('calls÷raw', 9)} ${pad('p99÷raw', 7)} │ ${pad('srv CPU', 7)} ${pad('µs/call', 7)} ${pad('calls/fsync', 11)} ${pad('other', 6)}`,
+    `  ${padEnd('scenario', 20)} ${pad('agents', 6)} ${pad('calls/s', 8)} ${pad('lc/s', 6)} ${pad('p50', 6)} ${pad('p90', 6)} ${pad('p99', 6)} │ ${pad('raw rt/s', 8)} ${pad('raw p99', 7)} │ ${pad('calls÷raw', 9)} ${pad('p99÷raw', 7)} │ ${pad('srv CPU', 7)} ${pad('µs/call', 7)} ${pad('calls/fsync', 11)} ${pad('RSS MiB', 7)} ${pad('other', 6)}`,
   );
   for (const r of tr) {
     const b = rawAt(r.clients);
     out.push(
-      `  ${padEnd(r.name, 20)} ${pad(String(r.clients), 6)} ${pad(fmt(r.callsPerSec), 8)} ${pad(r.unitsPerSec !== undefined ? fmt(r.unitsPerSec) : '', 6)} ${pad(ms(r.latencyMs.p50), 6)} ${pad(ms(r.latencyMs.p90), 6)} ${pad(ms(r.latencyMs.p99), 6)} │ ${pad(fmt(b.callsPerSec), 8)} ${pad(ms(b.latencyMs.p99), 7)} │ ${pad(fmt((r.callsPerSec / b.callsPerSec) * 100, 1) + '%', 9)} ${pad(fmt(r.latencyMs.p99 / b.latencyMs.p99, 1) + '×', 7)} │ ${pad(fmt(r.serverCpuPct ?? NaN) + '%', 7)} ${pad(fmt(r.serverCpuUsPerCall ?? NaN), 7)} ${pad(fmt(r.commitsPerFlush ?? NaN, 1), 11)} ${pad(fmt(r.otherCpuPct ?? NaN) + '%', 6)}` +
+      `  ${padEnd(r.name, 20)} ${pad(String(r.clients), 6)} ${pad(fmt(r.callsPerSec), 8)} ${pad(r.unitsPerSec !== undefined ? fmt(r.unitsPerSec) : '', 6)} ${pad(ms(r.latencyMs.p50), 6)} ${pad(ms(r.latencyMs.p90), 6)} ${pad(ms(r.latencyMs.p99), 6)} │ ${pad(fmt(b.callsPerSec), 8)} ${pad(ms(b.latencyMs.p99), 7)} │ ${pad(fmt((r.callsPerSec / b.callsPerSec) * 100, 1) + '%', 9)} ${pad(fmt(r.latencyMs.p99 / b.latencyMs.p99, 1) + '×', 7)} │ ${pad(fmt(r.serverCpuPct ?? NaN) + '%', 7)} ${pad(fmt(r.serverCpuUsPerCall ?? NaN), 7)} ${pad(fmt(r.commitsPerFlush ?? NaN, 1), 11)} ${pad(fmt((r.serverRssBytes ?? NaN) / 2 ** 20), 7)} ${pad(fmt(r.otherCpuPct ?? NaN) + '%', 6)}` +
         (r.errors ? `  ERRORS ${r.errors}: ${r.firstError}` : ''),
     );
   }
   out.push('  (latencies in ms; lc/s = lifecycles/s; srv CPU = server process CPU over the window, 100% = one core;');
   out.push('   µs/call = server CPU per call; calls/fsync = store commits per group-commit transaction;');
+  out.push('   RSS = server memory at the end of the row; every row starts a fresh node on a fresh database;');
   out.push('   other = CPU used by other processes on the machine during the window: above ~15% the row is noisy)');
   const noisy = [...raw, ...tr].filter((r) => (r.otherCpuPct ?? 0) > 15);
   if (noisy.length > 0) out.push(`  WARNING: ${noisy.length} row(s) ran while other processes used more than 15% CPU; rerun on a quiet machine.`);
@@ -345,6 +362,7 @@ function checks(raw: Row[], tr: Row[]): Check[] {
 }
 
 async function main(): Promise<void> {
+  const started = performance.now();
   const hardStop = setTimeout(() => {
     process.stderr.write(`bench: exceeded ${DEADLINE_MS / 1000} s, aborting\n`);
     process.exit(2);
@@ -373,7 +391,7 @@ async function main(): Promise<void> {
   const raw = await baseline();
   process.stdout.write('\nTroupe\n');
   const t = await troupe(false);
-  process.stdout.write(`store: ${t.store}; create request ${t.sizes.createRequestBytes} B, reply ${t.sizes.createReplyBytes} B; server RSS at end ${fmt(t.rssBytes / 2 ** 20)} MiB\n`);
+  process.stdout.write(`store: ${t.store}, a fresh node and database per row; create request ${t.sizes.createRequestBytes} B, reply ${t.sizes.createReplyBytes} B\n`);
   printTable(raw, t.rows);
   const cs = checks(raw, t.rows);
   process.stdout.write('\nTargets\n');
@@ -381,9 +399,9 @@ async function main(): Promise<void> {
   const file = path.join(resultsDir, 'latest.json');
   fs.writeFileSync(
     file,
-    JSON.stringify({ at: new Date().toISOString(), env: { ...e, store: t.store, serverRssBytes: t.rssBytes, ...t.sizes }, baseline: raw, troupe: t.rows, checks: cs }, null, 2) + '\n',
+    JSON.stringify({ at: new Date().toISOString(), env: { ...e, store: t.store, ...t.sizes }, baseline: raw, troupe: t.rows, checks: cs }, null, 2) + '\n',
   );
-  process.stdout.write(`\nresults: ${path.relative(process.cwd(), file)}\n`);
+  process.stdout.write(`\nresults: ${path.relative(process.cwd(), file)} (${((performance.now() - started) / 1000).toFixed(0)} s; load avg now ${os.loadavg().map((x) => x.toFixed(2)).join(' ')})\n`);
 }
 
 main().then(

@@ -13,8 +13,9 @@ async function main(): Promise<void> {
   const dir = process.env.BENCH_DIR;
   if (!dir) throw new Error('BENCH_DIR is required');
   const agents = Number(process.env.BENCH_AGENTS ?? '100');
-  const synchronous = 'FULL' as const;
-  const store = new SqliteStore({ path: path.join(dir, 'troupe.db'), synchronous });
+  const synchronous = process.env.BENCH_SYNC === 'NORMAL' ? ('NORMAL' as const) : ('FULL' as const);
+  const writer = process.env.BENCH_WRITER === 'inline' ? 'inline' : 'worker';
+  const store = new SqliteStore({ path: path.join(dir, 'troupe.db'), synchronous, writer });
 
   // Count commit calls and group-commit batches without changing the store: the store arms one
   // setImmediate when a call finds its queue empty (a new batch), so spying on setImmediate during

@@ -146,6 +146,33 @@ export function retryDelayMs(baseMs: number, attempt: number): number {
 const touch = (task: TaskData, at: number, patch: Partial<TaskData>): TaskData => ({ ...task, ...patch, updatedAt: iso(at) });
 
 /**
+ * How a running attempt (in progress or waiting for input) ends badly: a failure, or its timeout.
+ * Either is retried after a durable back-off while attempts remain.
+ */
+const attemptEndings = {
+  'task.fail': [
+    {
+      guard: 'retriesLeft',
+      target: '#task.failed',
+      actions: ['fail', 'cancelAttemptTimeout', 'clearAttemptTimeout', 'scheduleRetry', 'rememberRetry'],
+    },
+    { target: '#task.failed', actions: ['fail', 'cancelAllTimers', 'forgetTimers'] },
+  ],
+  'timer.fired': [
+    {
+      guard: 'attemptTimerWithRetriesLeft',
+      target: '#task.failed',
+      actions: ['failByTimeout', 'clearAttemptTimeout', 'scheduleRetry', 'rememberRetry'],
+    },
+    {
+      guard: { type: 'isTimer', params: { name: 'timeout' } },
+      target: '#task.timed_out',
+      actions: ['failByTimeout', 'cancelAllTimers', 'forgetTimers'],
+    },
+  ],
+} as const;
+
+/**
  * The lifecycle of one task (DESIGN §2): `pending → assigned → accepted → in_progress →
  * completed`, with rejection back to pending, input requests, failures that retry with durable
  * back-off while attempts remain, per-attempt timeouts, an absolute deadline, cancellation,
@@ -412,52 +439,14 @@ export const taskMachine = setup({
             'task.progress': { actions: 'progress' },
             'task.requestInput': { target: 'input_required', actions: 'requestInput' },
             'task.complete': { target: '#task.completed', actions: ['complete', 'cancelAllTimers', 'forgetTimers'] },
-            'task.fail': [
-              {
-                guard: 'retriesLeft',
-                target: '#task.failed',
-                actions: ['fail', 'cancelAttemptTimeout', 'clearAttemptTimeout', 'scheduleRetry', 'rememberRetry'],
-              },
-              { target: '#task.failed', actions: ['fail', 'cancelAllTimers', 'forgetTimers'] },
-            ],
-            'timer.fired': [
-              {
-                guard: 'attemptTimerWithRetriesLeft',
-                target: '#task.failed',
-                actions: ['failByTimeout', 'clearAttemptTimeout', 'scheduleRetry', 'rememberRetry'],
-              },
-              {
-                guard: { type: 'isTimer', params: { name: 'timeout' } },
-                target: '#task.timed_out',
-                actions: ['failByTimeout', 'cancelAllTimers', 'forgetTimers'],
-              },
-            ],
+            ...attemptEndings,
           },
         },
         input_required: {
           on: {
             'task.provideInput': { target: 'in_progress', actions: 'provideInput' },
             'task.progress': { actions: 'progress' },
-            'task.fail': [
-              {
-                guard: 'retriesLeft',
-                target: '#task.failed',
-                actions: ['fail', 'cancelAttemptTimeout', 'clearAttemptTimeout', 'scheduleRetry', 'rememberRetry'],
-              },
-              { target: '#task.failed', actions: ['fail', 'cancelAllTimers', 'forgetTimers'] },
-            ],
-            'timer.fired': [
-              {
-                guard: 'attemptTimerWithRetriesLeft',
-                target: '#task.failed',
-                actions: ['failByTimeout', 'clearAttemptTimeout', 'scheduleRetry', 'rememberRetry'],
-              },
-              {
-                guard: { type: 'isTimer', params: { name: 'timeout' } },
-                target: '#task.timed_out',
-                actions: ['failByTimeout', 'cancelAllTimers', 'forgetTimers'],
-              },
-            ],
+            ...attemptEndings,
           },
         },
       },

@@ -13,6 +13,7 @@ import type {
   ViewRecord,
   ViewStats,
 } from '../../actors/Store.js';
+import { decodeCursor, encodeCursor } from './cursor.js';
 
 interface StreamState {
   tenant: string;
@@ -451,20 +452,3 @@ function pageLimit(limit: number | undefined): number {
   return Math.min(1000, Math.max(1, Math.floor(limit)));
 }
 
-function encodeCursor(createdAt: number, id: string): string {
-  return Buffer.from(JSON.stringify([createdAt, id])).toString('base64url');
-}
-
-function decodeCursor(cursor: string): [number, string] {
-  if (!/^[A-Za-z0-9_-]+$/.test(cursor)) throw new Error('invalid cursor: not base64url');
-  let value: unknown;
-  try {
-    value = JSON.parse(Buffer.from(cursor, 'base64url').toString('utf8'));
-  } catch {
-    throw new Error('invalid cursor: not JSON');
-  }
-  if (!Array.isArray(value) || value.length !== 2 || !Number.isFinite(value[0]) || typeof value[1] !== 'string') {
-    throw new Error('invalid cursor: unexpected shape');
-  }
-  return [value[0] as number, value[1]];
-}

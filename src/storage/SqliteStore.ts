@@ -1,3 +1,4 @@
+import { Worker } from 'node:worker_threads';
 import Database from 'better-sqlite3';
 import type {
   ApiKeyRecord,
@@ -14,6 +15,7 @@ import type {
   ViewRecord,
   ViewStats,
 } from '../../actors/Store.js';
+import { decodeCursor, encodeCursor } from './cursor.js';
 
 /** Options of {@link SqliteStore}. */
 export interface SqliteStoreOptions {
@@ -27,6 +29,12 @@ export interface SqliteStoreOptions {
   synchronous?: 'FULL' | 'NORMAL';
   /** How many snapshots to keep per stream, newest first; an integer >= 1, default 1. */
   snapshotsKeep?: number;
+  /**
+   * Where commits are written. `'inline'` (default): on the calling thread. `'worker'`: on a
+   * dedicated worker thread with its own connection, so the event loop keeps serving while SQLite
+   * writes and fsyncs; reads stay on the calling thread and see every acknowledged commit.
+   */
+  writer?: 'inline' | 'worker';
 }
 
 /** The schema version this code writes; a file with a higher one is refused. */
@@ -82,7 +90,7 @@ type Row = Record<string, unknown>;
 type Stmt = Database.Statement<unknown[], Row>;
 
 /** A commit item with its JSON already serialised, so bad input fails its own call early. */
-interface PreparedItem {
+export interface PreparedItem {
   stream: string;
   tenant: string;
   kind: string;
@@ -134,8 +142,13 @@ export class SqliteStore implements Store {
   #queue: PendingCall[] = [];
   #flushTimer: NodeJS.Immediate | undefined;
   #closed = false;
-  #writeBatch: Database.Transaction<(batch: PendingCall[]) => (CommitOutcome[] | Error)[]>;
-  #writeCall: Database.Transaction<(items: PreparedItem[]) => CommitOutcome[]>;
+  #closing: Promise<void> | null = null;
+  #writer: SqliteWriter | null = null;
+  #worker: Worker | null = null;
+  /** Calls posted to the worker and not answered yet, by message id. */
+  #inFlight = new Map<number, PendingCall[]>();
+  #nextMessage = 1;
+  #workerFailure: Error | null = null;
 
   constructor(options: SqliteStoreOptions) {
     const synchronous = options.synchronous ?? 'FULL';
@@ -162,23 +175,46 @@ export class SqliteStore implements Store {
     }
     this.#db = db;
     this.#s = prepareStatements(db);
-    this.#writeCall = db.transaction((items: PreparedItem[]) => items.map((item) => this.#writeItem(item)));
-    this.#writeBatch = db.transaction((batch: PendingCall[]) =>
-      batch.map((call) => {
-        try {
-          // A nested transaction is a savepoint: a failing call rolls back alone.
-          return this.#writeCall(call.items);
-        } catch (err) {
-          // Some errors (disk full, I/O) make SQLite abort the whole transaction; then give up.
-          if (!db.inTransaction) throw err;
-          return err instanceof Error ? err : new Error(String(err));
-        }
-      }),
-    );
+    if (options.writer === 'worker') this.#startWorker(options.path, synchronous, keep);
+    else this.#writer = new SqliteWriter(db, keep);
+  }
+
+  #startWorker(path: string, synchronous: string, snapshotsKeep: number): void {
+    const worker = new Worker(new URL('./sqliteWriterWorker.mjs', import.meta.url), {
+      workerData: { path, synchronous, snapshotsKeep },
+    });
+    worker.unref();
+    worker.on('message', (m: { id: number; results?: (CommitOutcome[] | { error: string })[]; error?: string }) => {
+      const calls = this.#inFlight.get(m.id);
+      this.#inFlight.delete(m.id);
+      if (!calls) return;
+      calls.forEach((call, i) => {
+        const r = m.results?.[i];
+        if (m.error !== undefined || r === undefined) call.reject(new Error(m.error ?? 'the SQLite writer gave no result'));
+        else if ('error' in r) call.reject(new Error(r.error));
+        else call.resolve(r);
+      });
+      // Everything queued while this batch was being written goes out as the next batch.
+      if (this.#queue.length > 0 && this.#inFlight.size === 0) this.#flush();
+      // An idle writer must not keep the process alive; a busy one must.
+      if (this.#inFlight.size === 0) this.#worker?.unref();
+    });
+    const fail = (err: Error) => {
+      this.#workerFailure ??= err;
+      for (const calls of this.#inFlight.values()) for (const call of calls) call.reject(err);
+      this.#inFlight.clear();
+      for (const call of this.#queue.splice(0)) call.reject(err);
+    };
+    worker.on('error', fail);
+    worker.on('exit', (code) => {
+      if (!this.#closed) fail(new Error(`the SQLite writer thread stopped (exit code ${code})`));
+    });
+    this.#worker = worker;
   }
 
   commit(items: CommitItem[]): Promise<CommitOutcome[]> {
     if (this.#closed) return Promise.reject(new Error('SqliteStore is closed: commit refused'));
+    if (this.#workerFailure) return Promise.reject(this.#workerFailure);
     if (items.length === 0) return Promise.resolve([]);
     let prepared: PreparedItem[];
     try {
@@ -188,7 +224,8 @@ export class SqliteStore implements Store {
     }
     return new Promise((resolve, reject) => {
       this.#queue.push({ items: prepared, resolve, reject });
-      this.#flushTimer ??= setImmediate(() => this.#flush());
+      // With a worker, one batch is in flight at a time; the next one waits for its answer.
+      if (this.#inFlight.size === 0) this.#flushTimer ??= setImmediate(() => this.#flush());
     });
   }
 
@@ -198,11 +235,16 @@ export class SqliteStore implements Store {
     const batch = this.#queue;
     if (batch.length === 0) return;
     this.#queue = [];
+    if (this.#worker) {
+      const id = this.#nextMessage++;
+      this.#inFlight.set(id, batch);
+      this.#worker.ref();
+      this.#worker.postMessage({ id, calls: batch.map((c) => c.items) });
+      return;
+    }
     let results: (CommitOutcome[] | Error)[];
     try {
-      // IMMEDIATE takes the write lock up front, so another process sharing the file makes us
-      // wait (busy_timeout) instead of failing on a lock upgrade half way.
-      results = this.#writeBatch.immediate(batch);
+      results = this.#writer!.write(batch.map((c) => c.items));
     } catch (err) {
       for (const call of batch) call.reject(err);
       return;
@@ -212,56 +254,6 @@ export class SqliteStore implements Store {
       if (result instanceof Error) call.reject(result);
       else call.resolve(result);
     });
-  }
-
-  /** Checks and writes one item. Every refusal is decided before the first write, so a refused
-   * item needs no savepoint of its own; the call's savepoint covers unexpected errors. */
-  #writeItem(item: PreparedItem): CommitOutcome {
-    const s = this.#s;
-    const stream = s.getStream.get(item.stream) as { version: number; epoch: number } | undefined;
-    const version = stream?.version ?? 0;
-    const epoch = stream?.epoch ?? 0;
-    if (item.epoch < epoch) return { ok: false, reason: 'stale_epoch', currentEpoch: epoch };
-    if (item.expectedVersion !== version) {
-      return { ok: false, reason: 'version_conflict', actualVersion: version };
-    }
-    const seen = new Set<string>();
-    for (const event of item.events) {
-      if (seen.has(event.id) || s.eventExists.get(event.id)) {
-        return { ok: false, reason: 'duplicate_event', eventId: event.id };
-      }
-      seen.add(event.id);
-    }
-    const idem = item.idempotency;
-    if (idem && s.idempotencyExists.get(idem.tenant, idem.key)) {
-      return { ok: false, reason: 'idempotency_conflict', key: idem.key };
-    }
-
-    const positions = item.events.map((event, i) => {
-      const { lastInsertRowid } = s.insertEvent.run(
-        event.id, item.stream, version + i + 1, item.tenant, item.kind, item.actorId,
-        event.type, event.data, event.meta,
-      );
-      const position = Number(lastInsertRowid);
-      for (const topic of event.topics) s.insertTopic.run(item.tenant, topic, position);
-      return position;
-    });
-    const newVersion = version + item.events.length;
-    s.upsertStream.run(item.stream, item.tenant, item.kind, item.actorId, newVersion, item.epoch);
-    if (item.snapshot !== undefined) {
-      s.putSnapshot.run(item.stream, newVersion, item.snapshot);
-      s.pruneSnapshots.run(item.stream, item.stream, this.#snapshotsKeep);
-    }
-    if (item.view === null) s.deleteView.run(item.tenant, item.kind, item.actorId);
-    else if (item.view !== undefined) s.putView.run(...item.view);
-    // Deletes before inserts, so a turn may cancel or fire a timer and schedule it again.
-    for (const f of item.firedTimers) s.deleteFiredTimer.run(item.stream, f.name, f.fireAt);
-    for (const name of item.cancelTimers) s.deleteTimer.run(item.stream, name);
-    for (const t of item.scheduleTimers) s.putTimer.run(...t);
-    for (const id of item.outboxDone) s.deleteOutbox.run(id);
-    for (const o of item.outbox) s.insertOutbox.run(...o);
-    if (idem) s.insertIdempotency.run(...idem.row);
-    return { ok: true, positions };
   }
 
   async readStream(stream: string, afterVersion = 0, limit = Infinity): Promise<StoredEvent[]> {
@@ -450,11 +442,34 @@ export class SqliteStore implements Store {
   }
 
   async close(): Promise<void> {
-    if (this.#closed) return;
-    this.#closed = true;
-    if (this.#flushTimer) clearImmediate(this.#flushTimer);
-    this.#flush();
-    this.#db.close();
+    if (this.#closing) return this.#closing;
+    this.#closing = (async () => {
+      if (this.#flushTimer) clearImmediate(this.#flushTimer);
+      this.#flushTimer = undefined;
+      if (this.#worker) {
+        // Let the batch in flight and everything queued behind it land before stopping.
+        while (this.#inFlight.size > 0 || this.#queue.length > 0) {
+          if (this.#inFlight.size === 0) this.#flush();
+          await Promise.all([...this.#inFlight.values()].flat().map((c) => new Promise<void>((r) => {
+            const { resolve, reject } = c;
+            c.resolve = (v) => (resolve(v), r());
+            c.reject = (e) => (reject(e), r());
+          })));
+        }
+        this.#closed = true;
+        const worker = this.#worker;
+        await new Promise<void>((resolve) => {
+          worker.once('exit', () => resolve());
+          worker.ref();
+          worker.postMessage({ close: true });
+        });
+      } else {
+        this.#flush();
+        this.#closed = true;
+      }
+      this.#db.close();
+    })();
+    return this.#closing;
   }
 
   #assertOpen(): void {
@@ -462,8 +477,105 @@ export class SqliteStore implements Store {
   }
 }
 
+/**
+ * The write side of the SQLite store: checks and writes commit calls in one transaction. Used
+ * on the calling thread (inline writer) or inside the writer worker thread.
+ */
+export class SqliteWriter {
+  #s: Statements;
+  #snapshotsKeep: number;
+  #fast: Database.Transaction<(calls: PreparedItem[][]) => CommitOutcome[][]>;
+  #safe: Database.Transaction<(calls: PreparedItem[][]) => (CommitOutcome[] | Error)[]>;
+
+  constructor(db: Database.Database, snapshotsKeep: number) {
+    this.#s = prepareStatements(db);
+    this.#snapshotsKeep = snapshotsKeep;
+    const writeCall = db.transaction((items: PreparedItem[]) => items.map((item) => this.#writeItem(item)));
+    // Refusals are decided before an item writes anything, so the common case needs no
+    // savepoints; only an unexpected error makes the batch run again with one per call.
+    this.#fast = db.transaction((calls: PreparedItem[][]) => calls.map((items) => items.map((item) => this.#writeItem(item))));
+    this.#safe = db.transaction((calls: PreparedItem[][]) =>
+      calls.map((items) => {
+        try {
+          // A nested transaction is a savepoint: a failing call rolls back alone.
+          return writeCall(items);
+        } catch (err) {
+          // Some errors (disk full, I/O) make SQLite abort the whole transaction; then give up.
+          if (!db.inTransaction) throw err;
+          return err instanceof Error ? err : new Error(String(err));
+        }
+      }),
+    );
+  }
+
+  /**
+   * Writes the calls in one transaction. Returns each call's outcomes, or the error that made
+   * that call (alone) roll back. Throws if the transaction as a whole failed.
+   */
+  write(calls: PreparedItem[][]): (CommitOutcome[] | Error)[] {
+    try {
+      // IMMEDIATE takes the write lock up front, so another process sharing the file makes us
+      // wait (busy_timeout) instead of failing on a lock upgrade half way.
+      return this.#fast.immediate(calls);
+    } catch {
+      return this.#safe.immediate(calls);
+    }
+  }
+
+  /** Checks and writes one item. Every refusal is decided before the first write, so a refused
+   * item needs no savepoint of its own; the call's savepoint covers unexpected errors. */
+  #writeItem(item: PreparedItem): CommitOutcome {
+    const s = this.#s;
+    const stream = s.getStream.get(item.stream) as { version: number; epoch: number } | undefined;
+    const version = stream?.version ?? 0;
+    const epoch = stream?.epoch ?? 0;
+    if (item.epoch < epoch) return { ok: false, reason: 'stale_epoch', currentEpoch: epoch };
+    if (item.expectedVersion !== version) {
+      return { ok: false, reason: 'version_conflict', actualVersion: version };
+    }
+    const seen = new Set<string>();
+    for (const event of item.events) {
+      if (seen.has(event.id) || s.eventExists.get(event.id)) {
+        return { ok: false, reason: 'duplicate_event', eventId: event.id };
+      }
+      seen.add(event.id);
+    }
+    const idem = item.idempotency;
+    if (idem && s.idempotencyExists.get(idem.tenant, idem.key)) {
+      return { ok: false, reason: 'idempotency_conflict', key: idem.key };
+    }
+
+    const positions = item.events.map((event, i) => {
+      const { lastInsertRowid } = s.insertEvent.run(
+        event.id, item.stream, version + i + 1, item.tenant, item.kind, item.actorId,
+        event.type, event.data, event.meta,
+      );
+      const position = Number(lastInsertRowid);
+      for (const topic of event.topics) s.insertTopic.run(item.tenant, topic, position);
+      return position;
+    });
+    const newVersion = version + item.events.length;
+    s.upsertStream.run(item.stream, item.tenant, item.kind, item.actorId, newVersion, item.epoch);
+    if (item.snapshot !== undefined) {
+      s.putSnapshot.run(item.stream, newVersion, item.snapshot);
+      s.pruneSnapshots.run(item.stream, item.stream, this.#snapshotsKeep);
+    }
+    if (item.view === null) s.deleteView.run(item.tenant, item.kind, item.actorId);
+    else if (item.view !== undefined) s.putView.run(...item.view);
+    // Deletes before inserts, so a turn may cancel or fire a timer and schedule it again.
+    for (const f of item.firedTimers) s.deleteFiredTimer.run(item.stream, f.name, f.fireAt);
+    for (const name of item.cancelTimers) s.deleteTimer.run(item.stream, name);
+    for (const t of item.scheduleTimers) s.putTimer.run(...t);
+    for (const id of item.outboxDone) s.deleteOutbox.run(id);
+    for (const o of item.outbox) s.insertOutbox.run(...o);
+    if (idem) s.insertIdempotency.run(...idem.row);
+    return { ok: true, positions };
+  }
+
+}
+
 /** Creates or checks the schema; safe on every open. */
-function migrate(db: Database.Database): void {
+export function migrate(db: Database.Database): void {
   db.transaction(() => {
     db.exec(SCHEMA);
     const row = db.prepare<[], { value: string }>("SELECT value FROM meta WHERE key = 'schema_version'").get();
@@ -490,7 +602,12 @@ const SQL = {
   pruneSnapshots: `DELETE FROM snapshots WHERE stream = ? AND version NOT IN
     (SELECT version FROM snapshots WHERE stream = ? ORDER BY version DESC LIMIT ?)`,
   getSnapshot: 'SELECT version, state FROM snapshots WHERE stream = ? ORDER BY version DESC LIMIT 1',
-  putView: `INSERT OR REPLACE INTO views (${VIEW_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+  // An upsert, not INSERT OR REPLACE: only the indexes whose columns changed are touched.
+  putView: `INSERT INTO views (${VIEW_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+    ON CONFLICT (tenant, kind, id) DO UPDATE SET version = excluded.version, status = excluded.status,
+    owner = excluded.owner, type = excluded.type, priority = excluded.priority, parent_id = excluded.parent_id,
+    created_by = excluded.created_by, created_at = excluded.created_at, updated_at = excluded.updated_at,
+    text = excluded.text, archived = excluded.archived, doc = excluded.doc`,
   deleteView: 'DELETE FROM views WHERE tenant = ? AND kind = ? AND id = ?',
   getView: `SELECT ${VIEW_COLUMNS} FROM views WHERE tenant = ? AND kind = ? AND id = ?`,
   getViews: `SELECT ${VIEW_COLUMNS} FROM views
@@ -712,20 +829,3 @@ function bump(counts: Record<string, number>, key: string | null, n: number): vo
   if (key !== null) counts[key] = (counts[key] ?? 0) + n;
 }
 
-function encodeCursor(createdAt: number, id: string): string {
-  return Buffer.from(JSON.stringify([createdAt, id])).toString('base64url');
-}
-
-function decodeCursor(cursor: string): [number, string] {
-  if (!/^[A-Za-z0-9_-]+$/.test(cursor)) throw new Error('invalid cursor: not base64url');
-  let value: unknown;
-  try {
-    value = JSON.parse(Buffer.from(cursor, 'base64url').toString('utf8'));
-  } catch {
-    throw new Error('invalid cursor: not JSON');
-  }
-  if (!Array.isArray(value) || value.length !== 2 || !Number.isFinite(value[0]) || typeof value[1] !== 'string') {
-    throw new Error('invalid cursor: unexpected shape');
-  }
-  return [value[0] as number, value[1]];
-}

@@ -30,7 +30,8 @@ export function tempDir(prefix = 'troupe-test-'): { dir: string; remove: () => v
 
 /** Opens a SQLite store in a directory. */
 export function sqliteStore(dir: string): SqliteStore {
-  return new SqliteStore({ path: path.join(dir, 'troupe.db'), synchronous: 'NORMAL' });
+  // The writer thread, as the server runs in production.
+  return new SqliteStore({ path: path.join(dir, 'troupe.db'), synchronous: 'NORMAL', writer: 'worker' });
 }
 
 /** Starts a server on port 0 over the given store (memory by default). */

@@ -12,17 +12,19 @@ function tempDir(): string {
   return fs.mkdtempSync(path.join(os.tmpdir(), 'troupe-sqlite-'));
 }
 
-runStoreContract('SqliteStore', async () => {
-  const dir = tempDir();
-  const store = new SqliteStore({ path: path.join(dir, 'store.db') });
-  return {
-    store,
-    teardown: async () => {
-      await store.close();
-      fs.rmSync(dir, { recursive: true, force: true });
-    },
-  };
-});
+for (const writer of ['inline', 'worker'] as const) {
+  runStoreContract(writer === 'inline' ? 'SqliteStore' : 'SqliteStore (writer thread)', async () => {
+    const dir = tempDir();
+    const store = new SqliteStore({ path: path.join(dir, 'store.db'), writer });
+    return {
+      store,
+      teardown: async () => {
+        await store.close();
+        fs.rmSync(dir, { recursive: true, force: true });
+      },
+    };
+  });
+}
 
 function item(
   stream: string,

@@ -49,6 +49,11 @@ export interface ActorHostOptions {
   kinds: ActorKind[];
   /** Passivate actors idle for this long (default 60 000). */
   idleMs?: number;
+  /**
+   * The most actors kept in memory (default 10 000). Beyond it the least recently used idle
+   * actors are passivated at once, so memory stays bounded under any load.
+   */
+  maxActive?: number;
   /** How often to look for idle actors (default 10 000). */
   sweepMs?: number;
   /** The clock; tests may replace it. */
@@ -112,6 +117,7 @@ export class ActorHost {
   #listeners = new Set<CommitListener>();
   #now: () => number;
   #idleMs: number;
+  #maxActive: number;
   #sweep: NodeJS.Timeout;
   #closed = false;
   #closing: Promise<void> | null = null;
@@ -124,6 +130,7 @@ export class ActorHost {
     for (const k of opts.kinds) this.#kinds.set(k.kind, k);
     this.#now = opts.now ?? Date.now;
     this.#idleMs = opts.idleMs ?? 60_000;
+    this.#maxActive = opts.maxActive ?? 10_000;
     this.#sweep = setInterval(() => void this.passivateIdle(), opts.sweepMs ?? 10_000);
     this.#sweep.unref();
   }
@@ -198,6 +205,18 @@ export class ActorHost {
     });
   }
 
+  /** Passivates least recently used idle actors while more than `maxActive` are in memory. */
+  #trim(): void {
+    if (this.#cells.size <= this.#maxActive) return;
+    for (const [stream, cell] of this.#cells) {
+      if (this.#cells.size <= this.#maxActive) break;
+      if (cell.running || cell.queue.length > 0) continue;
+      this.#cells.delete(stream);
+      cell.actor?.stop();
+      void this.#ownership.release(stream).catch(() => {});
+    }
+  }
+
   /** Passivates actors idle longer than `idleMs`. Returns how many were passivated. */
   async passivateIdle(now = this.#now()): Promise<number> {
     let n = 0;
@@ -238,7 +257,11 @@ export class ActorHost {
     const kind = this.kind(address.kind);
     const stream = streamOf(address);
     let cell = this.#cells.get(stream);
-    if (!cell) {
+    if (cell) {
+      // Map order is use order: the first entries are the least recently used.
+      this.#cells.delete(stream);
+      this.#cells.set(stream, cell);
+    } else {
       cell = {
         address,
         stream,
@@ -285,6 +308,7 @@ export class ActorHost {
       cell.actor?.stop();
       await this.#ownership.release(cell.stream);
     }
+    this.#trim();
   }
 
   async #activate(cell: Cell): Promise<void> {

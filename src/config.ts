@@ -22,6 +22,8 @@ export interface Config {
   authGraceMs: number;
   /** Actors idle this long are passivated (`TROUPE_IDLE_MS`). Default 60 000. */
   idleMs: number;
+  /** The most actors kept in memory (`TROUPE_MAX_ACTIVE_ACTORS`). Default 10 000. */
+  maxActiveActors: number;
   /** Open connections' credentials are re-checked this often (`TROUPE_CREDENTIAL_CHECK_MS`). Default 30 000. */
   credentialCheckMs: number;
   /** A subscriber with more unsent bytes than this is dropped (`TROUPE_MAX_BUFFERED_BYTES`). Default 8 MiB. */
@@ -73,6 +75,7 @@ export function loadConfig(argv: string[] = process.argv.slice(2), env: NodeJS.P
     maxFrameBytes: int(env.TROUPE_MAX_FRAME_BYTES, 1024 * 1024, 'TROUPE_MAX_FRAME_BYTES', 64 * 1024 * 1024, 1024),
     authGraceMs: int(env.TROUPE_AUTH_GRACE_MS, 10_000, 'TROUPE_AUTH_GRACE_MS'),
     idleMs: int(env.TROUPE_IDLE_MS, 60_000, 'TROUPE_IDLE_MS'),
+    maxActiveActors: int(env.TROUPE_MAX_ACTIVE_ACTORS, 10_000, 'TROUPE_MAX_ACTIVE_ACTORS', Number.MAX_SAFE_INTEGER, 1),
     credentialCheckMs: int(env.TROUPE_CREDENTIAL_CHECK_MS, 30_000, 'TROUPE_CREDENTIAL_CHECK_MS', Number.MAX_SAFE_INTEGER, 100),
     maxBufferedBytes: int(env.TROUPE_MAX_BUFFERED_BYTES, 8 * 1024 * 1024, 'TROUPE_MAX_BUFFERED_BYTES'),
     jwtSecret: env.TROUPE_JWT_SECRET || undefined,

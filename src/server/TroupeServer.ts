@@ -44,6 +44,8 @@ export interface TroupeServerOptions {
   authGraceMs?: number;
   /** Idle actors are passivated after this long (default 60 000). */
   idleMs?: number;
+  /** The most actors kept in memory; the least recently used idle ones are passivated (default 10 000). */
+  maxActiveActors?: number;
   /** Open connections' credentials are re-checked this often; revoked or expired ones are closed (default 30 000). */
   credentialCheckMs?: number;
   /** A subscriber with more unsent bytes is dropped (default 8 MiB). */
@@ -109,6 +111,7 @@ export class TroupeServer {
       ownership: opts.ownership ?? new LocalOwnership(store),
       kinds: [taskKind, agentKind],
       idleMs: opts.idleMs,
+      maxActive: opts.maxActiveActors,
       now,
       onTimerScheduled: (at) => this.#timers.scheduled(at),
       onOutbox: (records) => this.#outbox.dispatch(records),

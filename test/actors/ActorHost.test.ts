@@ -249,6 +249,24 @@ test('passivateIdle evicts only actors idle for idleMs and releases their owners
   await host.close();
 });
 
+test('keeps at most maxActive actors in memory, passivating the least recently used idle ones', async () => {
+  const ownership = new FixedEpochOwnership(1);
+  const { host } = hostOver(new MemoryStore(), { ownership, maxActive: 3 });
+  for (const id of ['a', 'b', 'c']) await sendTask(host, id, createTask(id));
+  assert.is(host.activeCount, 3);
+  // Touch a: b is now the least recently used.
+  await statusOf(host, 'a');
+  await sendTask(host, 'd', createTask('d'));
+  assert.is(host.activeCount, 3);
+  assert.equal(ownership.released, ['acme/task/b']);
+  // A passivated actor comes back from the store with its state.
+  const b = await statusOf(host, 'b');
+  assert.equal([b.status, b.version], ['pending', 1]);
+  assert.is(host.activeCount, 3);
+  assert.equal(ownership.released, ['acme/task/b', 'acme/task/c']);
+  await host.close();
+});
+
 test('a commit the store refuses or fails rejects the turn, reloads the actor from the store, and the next message works', async () => {
   const faults: Record<string, () => Promise<CommitOutcome[]>> = {
     'a version conflict': async () => [{ ok: false, reason: 'version_conflict', actualVersion: 1 }],

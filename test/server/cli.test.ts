@@ -198,6 +198,7 @@ test('loadConfig has documented defaults', () => {
     maxFrameBytes: 1024 * 1024,
     authGraceMs: 10_000,
     idleMs: 60_000,
+    maxActiveActors: 10_000,
     credentialCheckMs: 30_000,
     maxBufferedBytes: 8 * 1024 * 1024,
     jwtSecret: undefined,

@@ -1,7 +1,7 @@
-import { randomUUID } from 'node:crypto';
 import { createActor, getNextTransitions, type Actor, type AnyStateMachine, type SnapshotFrom } from 'xstate';
 import { ProtocolError } from '../protocol/errors.js';
 import type { Effect } from '../machines/effects.js';
+import { uuidv7 } from './uuidv7.js';
 import { streamOf, type ActorAddress, type ActorKind } from './ActorKind.js';
 import type { Ownership } from './Ownership.js';
 import type { CommitItem, EventMeta, IdempotencyRecord, OutboxRecord, Store, StoredEvent, TimerRecord } from './Store.js';
@@ -362,7 +362,7 @@ export class ActorHost {
     const meta: EventMeta = { at, principal: opts.principal, status: cell.kind.status(after) };
     if (opts.correlationId) meta.correlationId = opts.correlationId;
     if (opts.causationId) meta.causationId = opts.causationId;
-    const newEvent = { id: opts.eventId ?? randomUUID(), type: event.type, data: machineEvent, meta };
+    const newEvent = { id: opts.eventId ?? uuidv7(at), type: event.type, data: machineEvent, meta };
     const topics = cell.kind.topics({ type: event.type, data: machineEvent, actorId: cell.address.id }, before, after);
     const item: CommitItem = {
       stream: cell.stream,

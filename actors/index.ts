@@ -5,3 +5,4 @@ export * from './Ownership.js';
 export * from './Store.js';
 export * from './TimerService.js';
 export * from './replay.js';
+export * from './uuidv7.js';

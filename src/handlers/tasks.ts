@@ -1,4 +1,5 @@
-import { createHash, randomUUID } from 'node:crypto';
+import { createHash } from 'node:crypto';
+import { uuidv7 } from '../../actors/uuidv7.js';
 import type { SnapshotFrom } from 'xstate';
 import { DUPLICATE, IdempotencyConflict, type TurnResult } from '../../actors/ActorHost.js';
 import type { ViewQuery, ViewRecord } from '../../actors/Store.js';
@@ -119,7 +120,7 @@ export function taskHandlers(app: App): Handlers {
 
     const earlier = await replayed();
     if (earlier) return earlier;
-    const id = randomUUID();
+    const id = uuidv7(app.now());
     try {
       const r = await host.send<typeof taskMachine>(
         address(p, id),

@@ -1,6 +1,7 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import Database from 'better-sqlite3';
-import { SqliteWriter, type PreparedItem } from './SqliteStore.js';
+import type { CommitItem } from '../../actors/Store.js';
+import { SqliteWriter, prepareItem } from './SqliteStore.js';
 
 /**
  * The writer thread of a `SqliteStore` in worker mode (started through sqliteWriterWorker.mjs): it owns the only write connection, writes
@@ -14,13 +15,14 @@ db.pragma('busy_timeout = 5000');
 db.pragma('temp_store = MEMORY');
 const writer = new SqliteWriter(db, snapshotsKeep);
 
-parentPort!.on('message', (m: { id: number; calls: PreparedItem[][] } | { close: true }) => {
+parentPort!.on('message', (m: { id: number; calls: string[] } | { close: true }) => {
   if ('close' in m) {
     db.close();
     process.exit(0);
   }
   try {
-    const results = writer.write(m.calls).map((r) => (r instanceof Error ? { error: r.message } : r));
+    const calls = m.calls.map((json) => (JSON.parse(json) as CommitItem[]).map(prepareItem));
+    const results = writer.write(calls).map((r) => (r instanceof Error ? { error: r.message } : r));
     parentPort!.postMessage({ id: m.id, results });
   } catch (e) {
     parentPort!.postMessage({ id: m.id, error: (e as Error).message });

@@ -117,7 +117,7 @@ export function summarizeProfile(file: string, n = 30): ProfileSummary {
 /** Prints a summary as four short tables. */
 export function printProfile(s: ProfileSummary): void {
   const out: string[] = [];
-  out.push(`\nServer CPU profile: ${s.totalMs.toFixed(0)} ms busy, ${s.idleMs.toFixed(0)} ms idle (whole process lifetime)`);
+  out.push(`\nServer CPU profile: ${s.totalMs.toFixed(0)} ms busy, ${s.idleMs.toFixed(0)} ms idle (whole thread lifetime)`);
   const table = (title: string, items: ProfileItem[]) => {
     out.push(`\n${title}`);
     for (const it of items) out.push(`  ${it.pct.toFixed(1).padStart(5)}%  ${it.ms.toFixed(0).padStart(6)} ms  ${it.name}`);

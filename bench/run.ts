@@ -23,7 +23,9 @@ import { summarize, type Latency } from './stats.js';
  * - Every row: warm-up, then a fixed window; closed loop; exact percentiles from all samples.
  *
  * Flags: `--quick` (short windows), `--profile` (only the lifecycle at 100 agents, with the
- * server under `--cpu-prof`; prints where its time goes). Env: BENCH_WARMUP_MS, BENCH_MEASURE_MS.
+ * server under `--cpu-prof`; prints where each thread's time goes). Env: BENCH_WARMUP_MS,
+ * BENCH_MEASURE_MS; BENCH_WRITER=inline|worker (default worker, as `openStore` uses) and
+ * BENCH_SYNC=FULL|NORMAL (default FULL) reach the server process.
  * Traffic goes to 127.0.0.1 only. Results: bench/results/latest.json (profile-summary.json).
  */
 
@@ -38,7 +40,7 @@ const MEASURE_MS = Number(process.env.BENCH_MEASURE_MS ?? (flags.quick ? 1500 : 
 const AGENTS = 100;
 const LEVELS = [1, 10, 100];
 /** Hard stop for the whole run, whatever happens. */
-const DEADLINE_MS = 240_000;
+const DEADLINE_MS = 180_000;
 
 interface Row {
   name: string;
@@ -250,16 +252,25 @@ async function troupeRow(
 }
 
 /** Troupe's rows; with `profileOnly`, just the lifecycle at 100 agents under `--cpu-prof`. */
-async function troupe(profileOnly: boolean): Promise<{ rows: Row[]; store: string; sizes: Record<string, number>; profile?: string }> {
+/** The thread id in a `--cpu-prof` file name. */
+function threadOf(file: string): number {
+  return Number(/\.(\d+)\.\d+\.cpuprofile$/.exec(file)?.[1] ?? -1);
+}
+
+async function troupe(profileOnly: boolean): Promise<{ rows: Row[]; store: string; sizes: Record<string, number>; profiles?: string[] }> {
   if (profileOnly) {
     const profDir = path.join(resultsDir, 'profile');
     fs.rmSync(profDir, { recursive: true, force: true });
     fs.mkdirSync(profDir, { recursive: true });
     const r = await troupeRow('lifecycle (4 calls)', 100, profDir);
-    // CPU.<date>.<time>.<pid>.<thread>.<seq>.cpuprofile: thread 0 is the main thread (tsx's
-    // loader hooks run in a worker thread that writes its own profile).
-    const main = fs.readdirSync(profDir).find((f) => /^CPU\.\d+\.\d+\.\d+\.0\.\d+\.cpuprofile$/.test(f));
-    return { rows: [r.row], store: r.store, sizes: r.sizes, profile: main ? path.join(profDir, main) : undefined };
+    // CPU.<date>.<time>.<pid>.<thread>.<seq>.cpuprofile, one per thread: 0 is the main thread; the
+    // others are tsx's loader-hook threads and, with the worker writer, the SQLite writer thread.
+    const profiles = fs
+      .readdirSync(profDir)
+      .filter((f) => f.endsWith('.cpuprofile'))
+      .map((f) => path.join(profDir, f))
+      .sort((a, b) => threadOf(a) - threadOf(b));
+    return { rows: [r.row], store: r.store, sizes: r.sizes, profiles };
   }
   const rows: Row[] = [];
   let last: Awaited<ReturnType<typeof troupeRow>> | undefined;
@@ -379,11 +390,18 @@ async function main(): Promise<void> {
     process.stdout.write('\nProfiling the Troupe server under the lifecycle load at 100 agents\n');
     const t = await troupe(true);
     process.stdout.write(`store: ${t.store}\n`);
-    if (!t.profile) throw new Error('no .cpuprofile was written');
-    const summary = summarizeProfile(t.profile);
-    printProfile(summary);
-    fs.writeFileSync(path.join(resultsDir, 'profile-summary.json'), JSON.stringify({ env: e, row: t.rows[0], profile: t.profile, summary }, null, 2));
-    process.stdout.write(`\nprofile: ${t.profile} (open in Chrome DevTools → Performance, or speedscope)\n`);
+    const profiles = t.profiles ?? [];
+    if (profiles.length === 0) throw new Error('no .cpuprofile was written');
+    const summaries = profiles.map((file) => ({ file, thread: threadOf(file), summary: summarizeProfile(file) }));
+    const main = summaries.find((p) => p.thread === 0) ?? summaries[0]!;
+    for (const p of summaries) {
+      // Skip threads that hardly ran (tsx's loader-hook threads).
+      if (p !== main && p.summary.totalMs < main.summary.totalMs * 0.05) continue;
+      process.stdout.write(`\n=== thread ${p.thread}${p.thread === 0 ? ' (main: event loop)' : ''} — ${path.relative(process.cwd(), p.file)}\n`);
+      printProfile(p.summary);
+    }
+    fs.writeFileSync(path.join(resultsDir, 'profile-summary.json'), JSON.stringify({ env: e, row: t.rows[0], profiles: summaries }, null, 2));
+    process.stdout.write('\nopen a .cpuprofile in Chrome DevTools (Performance) or speedscope for the call tree\n');
     return;
   }
 

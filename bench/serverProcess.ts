@@ -1,13 +1,15 @@
 import path from 'node:path';
+import { Worker } from 'node:worker_threads';
 import { SqliteStore } from '../src/storage/SqliteStore.js';
 import { TroupeServer } from '../src/server/TroupeServer.js';
 import { send, serveControl } from './childControl.js';
 
 /**
  * A Troupe node for the bench, in its own process: the embedded SQLite store with the production
- * default durability (WAL, synchronous=FULL, group commit), a fresh file in BENCH_DIR, port 0 on
- * 127.0.0.1, silent logging. Creates BENCH_AGENTS API keys (tenant `bench`, principals
- * `agent-<i>`, role agent) and prints `{"port", "keys", "store"}` as one JSON line.
+ * defaults (WAL, synchronous=FULL, group commit, writer thread, as `openStore` opens it; override
+ * with BENCH_SYNC=NORMAL or BENCH_WRITER=inline), a fresh file in BENCH_DIR, port 0 on 127.0.0.1,
+ * silent logging. Creates BENCH_AGENTS API keys (tenant `bench`, principals `agent-<i>`, role
+ * agent) and prints `{"port", "keys", "store"}` as one JSON line.
  */
 async function main(): Promise<void> {
   const dir = process.env.BENCH_DIR;
@@ -17,19 +19,22 @@ async function main(): Promise<void> {
   const writer = process.env.BENCH_WRITER === 'inline' ? 'inline' : 'worker';
   const store = new SqliteStore({ path: path.join(dir, 'troupe.db'), synchronous, writer });
 
-  // Count commit calls and group-commit batches without changing the store: the store arms one
-  // setImmediate when a call finds its queue empty (a new batch), so spying on setImmediate during
-  // the call tells exactly when a batch (one transaction, one fsync) begins.
+  // Count commit calls and group-commit transactions without changing the store. Inline writer:
+  // the store arms one setImmediate when a call finds its queue empty (a new batch), so spying on
+  // setImmediate during the call tells exactly when a transaction begins. Worker writer: each batch
+  // is one postMessage to the writer thread, carrying its calls.
   let commits = 0;
   let flushes = 0;
   const commit = store.commit.bind(store);
   const realSetImmediate = globalThis.setImmediate;
   store.commit = (items) => {
     let armed = false;
-    globalThis.setImmediate = ((...args: Parameters<typeof setImmediate>) => {
-      armed = true;
-      return realSetImmediate(...args);
-    }) as typeof setImmediate;
+    if (writer === 'inline') {
+      globalThis.setImmediate = ((...args: Parameters<typeof setImmediate>) => {
+        armed = true;
+        return realSetImmediate(...args);
+      }) as typeof setImmediate;
+    }
     try {
       return commit(items);
     } finally {
@@ -38,6 +43,13 @@ async function main(): Promise<void> {
       if (armed) flushes++;
     }
   };
+  if (writer === 'worker') {
+    const post = Worker.prototype.postMessage;
+    Worker.prototype.postMessage = function (this: Worker, message: unknown, transfer?: readonly Transferable[]) {
+      if (message && typeof message === 'object' && Array.isArray((message as { calls?: unknown }).calls)) flushes++;
+      return post.call(this, message, transfer as never);
+    };
+  }
 
   const server = new TroupeServer({ store, port: 0, host: '127.0.0.1' });
   const { port, url } = await server.start();
@@ -46,7 +58,7 @@ async function main(): Promise<void> {
     keys.push((await server.app.auth.createKey({ tenant: 'bench', principal: `agent-${i}`, roles: ['agent'] })).key);
   }
   serveControl(() => server.close(), () => ({ commits, flushes, activeActors: server.host.activeCount }));
-  send({ port, url, keys, store: `sqlite WAL synchronous=${synchronous} (group commit)`, pid: process.pid });
+  send({ port, url, keys, store: `sqlite WAL synchronous=${synchronous}, group commit, ${writer} writer`, pid: process.pid });
 }
 
 main().catch((e: unknown) => {

@@ -302,8 +302,10 @@ export class ActorHost {
     } finally {
       cell.running = false;
     }
-    // Messages to actors that do not exist must not pin memory until the next sweep.
-    if (cell.version === 0 && cell.queue.length === 0 && this.#cells.get(cell.stream) === cell) {
+    // Messages to actors that do not exist must not pin memory until the next sweep, and
+    // settled actors (finished tasks) are unlikely to be needed again soon.
+    const settled = cell.actor !== null && !cell.stale && cell.kind.settled?.(cell.actor.getSnapshot()) === true;
+    if ((cell.version === 0 || settled) && cell.queue.length === 0 && this.#cells.get(cell.stream) === cell) {
       this.#cells.delete(cell.stream);
       cell.actor?.stop();
       await this.#ownership.release(cell.stream);

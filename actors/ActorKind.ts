@@ -36,4 +36,9 @@ export interface ActorKind<M extends AnyStateMachine = AnyStateMachine> {
   topics(event: Pick<StoredEvent, 'type' | 'data' | 'actorId'>, before: SnapshotFrom<M>, after: SnapshotFrom<M>): string[];
   /** Write a snapshot every this many events (default 50). */
   snapshotEvery?: number;
+  /**
+   * True when an actor in this state is unlikely to get more messages soon (a finished task):
+   * the host unloads it right after the turn instead of keeping it until it is idle.
+   */
+  settled?(snapshot: SnapshotFrom<M>): boolean;
 }

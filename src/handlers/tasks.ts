@@ -52,7 +52,9 @@ export function taskHandlers(app: App): Handlers {
   const address = (p: Principal, id: string) => ({ tenant: p.tenantId, kind: 'task', id });
 
   async function agentMustExist(p: Principal, agentId: string): Promise<void> {
-    if (!(await store.getView(p.tenantId, 'agent', agentId))) {
+    // An agent's stream begins with its registration, so a stream with events is a registered
+    // agent; this is a key lookup, without reading and parsing the agent's view.
+    if ((await store.streamInfo(`${p.tenantId}/agent/${agentId}`)).version === 0) {
       throw new ProtocolError('NOT_FOUND', `Agent ${agentId} is not registered in this tenant; register it with agent.register first.`, {
         kind: 'agent',
         id: agentId,

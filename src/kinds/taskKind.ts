@@ -43,6 +43,10 @@ export const taskKind: ActorKind<typeof taskMachine> = {
       doc: taskResource(t, status as TaskStatus, version) as unknown as Record<string, unknown>,
     };
   },
+  settled: (s: TaskSnapshot) => {
+    const st = leafState(s.value);
+    return st === 'completed' || st === 'cancelled' || st === 'timed_out' || st === 'deleted';
+  },
   topics(event, before: TaskSnapshot, after: TaskSnapshot) {
     const topics = [`task:${event.actorId}`, 'tenant'];
     const was = before.context.task.assignedTo;

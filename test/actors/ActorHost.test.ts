@@ -267,6 +267,21 @@ test('keeps at most maxActive actors in memory, passivating the least recently u
   await host.close();
 });
 
+test('unloads a task as soon as it is finished, and reloads it from the store on demand', async () => {
+  const ownership = new FixedEpochOwnership(1);
+  const { host } = hostOver(new MemoryStore(), { ownership });
+  await sendTask(host, 'done', createTask('done', { assignTo: 'w1' }));
+  for (const type of ['task.accept', 'task.start']) await sendTask(host, 'done', { type }, 'w1');
+  assert.is(host.activeCount, 1);
+  assert.equal(ownership.released, []);
+  await sendTask(host, 'done', { type: 'task.complete', result: 42 }, 'w1');
+  assert.is(host.activeCount, 0);
+  assert.equal(ownership.released, ['acme/task/done']);
+  const back = await statusOf(host, 'done');
+  assert.equal([back.status, back.version, back.snapshot.context.task.result], ['completed', 4, 42]);
+  await host.close();
+});
+
 test('a commit the store refuses or fails rejects the turn, reloads the actor from the store, and the next message works', async () => {
   const faults: Record<string, () => Promise<CommitOutcome[]>> = {
     'a version conflict': async () => [{ ok: false, reason: 'version_conflict', actualVersion: 1 }],

@@ -201,7 +201,7 @@ async function troupeRow(
   profileDir?: string,
 ): Promise<{ row: Row; store: string; sizes: Record<string, number> }> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'troupe-bench-'));
-  const nodeArgs = profileDir ? ['--cpu-prof', `--cpu-prof-dir=${profileDir}`, '--cpu-prof-interval=250'] : [];
+  const nodeArgs = [...(process.env.BENCH_NODE_ARGS ?? '').split(' ').filter(Boolean), ...(profileDir ? ['--cpu-prof', `--cpu-prof-dir=${profileDir}`, '--cpu-prof-interval=250'] : [])];
   const server = await Child.start('./serverProcess.ts', { nodeArgs, env: { BENCH_DIR: dir, BENCH_AGENTS: String(agents) } });
   const url = `ws://127.0.0.1:${server.hello.port as number}/v1`;
   const conns = await openConns(url, agents, server.hello.keys as string[]);

@@ -384,7 +384,12 @@ export class ActorHost {
     if (opts.idempotency) item.idempotency = { ...opts.idempotency, result: opts.idempotency.result(after, version) };
 
     const [outcome] = await this.store.commit([item]).catch((e: unknown) => {
-      throw new ProtocolError('UNAVAILABLE', `The store did not accept the write (${(e as Error).message}); nothing was changed, retry shortly.`, { retryAfterMs: 500 });
+      // The store may have failed before or after its commit: the outcome is unknown.
+      throw new ProtocolError(
+        'UNAVAILABLE',
+        `The store did not confirm the write (${(e as Error).message}); it may or may not have been applied, so read the ${cell.kind.kind} before retrying.`,
+        { retryAfterMs: 500, outcome: 'unknown' },
+      );
     });
     if (!outcome!.ok) {
       // Memory ran ahead of the store: it stays stale, so the next message reloads it.

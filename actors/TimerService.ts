@@ -65,7 +65,11 @@ export class TimerService {
     if (this.#handle) clearTimeout(this.#handle);
     const next = Math.min(at, this.#now() + this.#pollMs);
     this.#wakeAt = next;
-    this.#handle = setTimeout(() => void this.#fire(), Math.min(Math.max(0, next - this.#now()), MAX_DELAY_MS));
+    // A store that fails while timers are read must not crash the process: try again shortly.
+    this.#handle = setTimeout(
+      () => void this.#fire().catch(() => this.#arm(this.#now() + 1000)),
+      Math.min(Math.max(0, next - this.#now()), MAX_DELAY_MS),
+    );
     this.#handle.unref();
   }
 

@@ -146,20 +146,23 @@ export class TroupeClient extends EventEmitter {
   async #resubscribe(sub: ClientSubscription, fromPosition: number | undefined): Promise<void> {
     const params: ParamsOf<'subscribe'> = { topic: sub.topic };
     if (fromPosition !== undefined) params.fromPosition = fromPosition;
-    // Replayed events arrive before the reply; route them once the id is known.
+    // Events may arrive before the reply names the subscription; keep them until it does.
     const early: RpcNotification[] = [];
     const collect = (n: RpcNotification) => early.push(n);
     this.on('unrouted', collect);
+    let r: MethodResults['subscribe'];
     try {
-      const r = await this.call('subscribe', params);
-      this.#byServerId.delete(sub.id);
-      sub.id = r.subscriptionId;
-      this.#byServerId.set(sub.id, sub);
-      if (fromPosition === undefined) sub.lastPosition = r.position;
-      for (const n of early) this.#route(n);
+      r = await this.call('subscribe', params);
     } finally {
       this.off('unrouted', collect);
     }
+    this.#byServerId.delete(sub.id);
+    sub.id = r.subscriptionId;
+    this.#byServerId.set(sub.id, sub);
+    if (fromPosition === undefined) sub.lastPosition = r.position;
+    // Only this subscription's early events: others belong to subscribes still waiting, which
+    // collected them too.
+    for (const n of early) if ((n.params as { subscriptionId?: string }).subscriptionId === sub.id) this.#route(n);
   }
 
   #request(method: string, params: unknown): Promise<unknown> {

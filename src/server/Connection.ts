@@ -26,9 +26,15 @@ export class Connection {
   credential: Credential | null = null;
   /** Subscription ids of this connection. */
   readonly subscriptions = new Set<string>();
-  /** Correlation ids of requests in progress, with notifications held back for each. */
-  #held = new Map<string, string[]>();
-  /** Bytes of the frames in `#held`: they are unsent output too. */
+  /** Correlation ids of requests whose reply has not been sent yet. */
+  #pending = new Set<string>();
+  /**
+   * Notifications waiting to go out, in the order they were published. The head waits while
+   * the request that caused it has no reply yet; everything behind it waits too, so a
+   * subscriber always receives events in position order.
+   */
+  #queue: { frame: string; causedBy: string | undefined }[] = [];
+  /** Bytes of the frames in `#queue`: they are unsent output too. */
   #heldBytes = 0;
   #closed = false;
 
@@ -44,31 +50,35 @@ export class Connection {
 
   /** Marks a request as in progress so notifications it causes are held until its reply. */
   begin(correlationId: string): void {
-    if (!this.#held.has(correlationId)) this.#held.set(correlationId, []);
+    this.#pending.add(correlationId);
   }
 
-  /** Sends the reply(ies) of a request, then whatever it held back. */
+  /** Sends the reply(ies) of a request, then the notifications that were waiting for it. */
   reply(correlationIds: string[], response: RpcResponse | RpcResponse[] | null): void {
     if (response !== null) this.#write(JSON.stringify(response));
-    for (const c of correlationIds) {
-      const held = this.#held.get(c);
-      this.#held.delete(c);
-      if (!held) continue;
-      for (const frame of held) {
-        this.#heldBytes -= frame.length;
-        this.#write(frame);
-      }
-    }
+    for (const c of correlationIds) this.#pending.delete(c);
+    this.#drain();
   }
 
-  /** Sends a server push, or holds it behind the reply of the request that caused it. */
+  /** Sends a server push, or queues it behind the reply of the request that caused it. */
   notify(n: RpcNotification, causedBy?: string): void {
     const frame = JSON.stringify(n);
-    const held = causedBy !== undefined ? this.#held.get(causedBy) : undefined;
-    if (held) {
-      held.push(frame);
-      this.#heldBytes += frame.length;
-    } else this.#write(frame);
+    if (this.#queue.length === 0 && (causedBy === undefined || !this.#pending.has(causedBy))) {
+      this.#write(frame);
+      return;
+    }
+    this.#queue.push({ frame, causedBy });
+    this.#heldBytes += frame.length;
+  }
+
+  #drain(): void {
+    while (this.#queue.length > 0) {
+      const head = this.#queue[0]!;
+      if (head.causedBy !== undefined && this.#pending.has(head.causedBy)) return;
+      this.#queue.shift();
+      this.#heldBytes -= head.frame.length;
+      this.#write(head.frame);
+    }
   }
 
   /** Bytes not yet sent: queued in the socket, or held back behind a reply (a catch-up, say). */

@@ -3,6 +3,7 @@ import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { WebSocketServer, type RawData, type WebSocket } from 'ws';
 import { ActorHost } from '../../actors/ActorHost.js';
+import { addressOf } from '../../actors/ActorKind.js';
 import { LocalOwnership, type Ownership } from '../../actors/Ownership.js';
 import type { Store } from '../../actors/Store.js';
 import { OutboxDispatcher, TimerService } from '../../actors/TimerService.js';
@@ -207,13 +208,14 @@ export class TroupeServer {
 
   /** After a restart no connection is open: agents recorded as connected are reset. */
   async #resetAgentConnections(): Promise<void> {
-    const tenants = await this.app.store.listTenants();
-    for (const t of tenants) {
+    // Tenants known from agent streams, not the tenants table: JWT tenants are never listed there.
+    const tenants = new Set((await this.app.store.listStreams('agent')).map((s) => addressOf(s).tenant));
+    for (const tenant of tenants) {
       let cursor: string | undefined;
       do {
-        const page = await this.app.store.queryViews(t.id, 'agent', { status: ['online', 'busy', 'draining'], limit: 500, cursor });
+        const page = await this.app.store.queryViews(tenant, 'agent', { status: ['online', 'busy', 'draining'], limit: 500, cursor });
         for (const v of page.items) {
-          await this.host.send({ tenant: t.id, kind: 'agent', id: v.id }, { type: 'agent.connectionsReset' }, { principal: 'system' });
+          await this.host.send({ tenant, kind: 'agent', id: v.id }, { type: 'agent.connectionsReset' }, { principal: 'system' });
         }
         cursor = page.nextCursor ?? undefined;
       } while (cursor);
@@ -296,6 +298,9 @@ export class TroupeServer {
   }
 
   async #authenticated(conn: Connection, p: Principal, credential: Credential): Promise<void> {
+    // The socket may have closed while the credential was checked: its close handler has run
+    // already, so nothing recorded now would ever be undone.
+    if (conn.closed) return;
     if (conn.principal) {
       if (conn.principal.tenantId !== p.tenantId || conn.principal.principalId !== p.principalId) {
         throw new ProtocolError('FORBIDDEN', 'This connection is already authenticated as another principal; open a new connection.');
@@ -315,12 +320,17 @@ export class TroupeServer {
     await this.#agentEvent(p, 'agent.disconnected').catch(() => {});
   }
 
-  /** Tells a registered agent actor about a connection change; unregistered principals are skipped. */
+  /**
+   * Tells the principal's agent actor about a connection change. It goes through the actor's
+   * mailbox even when no agent is registered yet, so it is ordered after a registration that is
+   * still being written; principals that are not agents just get NOT_FOUND, which is ignored.
+   */
   async #agentEvent(p: Principal, type: 'agent.connected' | 'agent.disconnected'): Promise<void> {
-    if (!(await this.app.store.getView(p.tenantId, 'agent', p.principalId))) return;
     await this.host
       .send({ tenant: p.tenantId, kind: 'agent', id: p.principalId }, { type }, { principal: p.principalId })
-      .catch((e: unknown) => this.#log.warn({ err: e }, `${type} not recorded`));
+      .catch((e: unknown) => {
+        if (!(e instanceof ProtocolError && e.reason === 'NOT_FOUND')) this.#log.warn({ err: e }, `${type} not recorded`);
+      });
   }
 
   async #onFrame(conn: Connection, data: RawData, isBinary: boolean, size: number): Promise<void> {

@@ -440,6 +440,8 @@ export class SqliteStore implements Store {
 
   async ping(): Promise<void> {
     this.#assertOpen();
+    // Reads would still work, but a store that cannot write is not ready.
+    if (this.#workerFailure) throw this.#workerFailure;
     this.#s.ping.get();
   }
 
@@ -460,11 +462,14 @@ export class SqliteStore implements Store {
         }
         this.#closed = true;
         const worker = this.#worker;
-        await new Promise<void>((resolve) => {
-          worker.once('exit', () => resolve());
-          worker.ref();
-          worker.postMessage({ close: true });
-        });
+        // A writer that already died will not exit again.
+        if (!this.#workerFailure) {
+          await new Promise<void>((resolve) => {
+            worker.once('exit', () => resolve());
+            worker.ref();
+            worker.postMessage({ close: true });
+          });
+        }
       } else {
         this.#flush();
         this.#closed = true;

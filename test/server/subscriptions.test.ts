@@ -4,7 +4,7 @@ import { connect, type TroupeClient } from '../../protocol/client.js';
 import { ErrorCodes, ProtocolError } from '../../protocol/errors.js';
 import type { ActorEvent } from '../../protocol/model.js';
 import { CuttableProxy, RawSocket, within } from '../helpers/rawSocket.js';
-import { startServer, type TestServer } from '../helpers/server.js';
+import { sqliteStore, startServer, tempDir, type TestServer } from '../helpers/server.js';
 import { waitFor } from '../helpers/waitFor.js';
 
 interface Ctx {
@@ -262,6 +262,51 @@ test('the typed client resumes by itself after the connection drops, delivering 
   assert.is((await client.call('task.get', { taskId: t.id })).title, 'back');
   await client.close();
   await proxy.close();
+});
+
+test('delivers every event in position order while a batch of its own holds notifications back', async () => {
+  // On SQLite the batch and the other creates share group commits, so their events interleave.
+  const dir = tempDir();
+  const ts = await startServer({ store: sqliteStore(dir.dir) });
+  const lead = await ts.client('order', 'lead', ['admin']);
+  const w1 = await ts.client('order', 'w1', ['agent']);
+  const feed = recorder();
+  await lead.subscribe('tenant', feed.handler);
+  // The batch's own events wait for its reply; others' events published meanwhile queue behind.
+  const batch = lead.call('task.createBatch', { tasks: Array.from({ length: 50 }, (_, i) => ({ type: 'mine', title: `batch ${i}` })) });
+  const others = Promise.all(Array.from({ length: 50 }, (_, i) => w1.call('task.create', { type: 'theirs', title: `other ${i}` })));
+  await Promise.all([batch, others]);
+  try {
+    await waitFor(() => feed.events.length >= 100, { timeoutMs: 3000 });
+  } finally {
+    await ts.close();
+    dir.remove();
+  }
+  assert.is(feed.events.length, 100);
+  assert.ok(strictlyIncreasing(feed.positions), 'positions arrive in order');
+});
+
+test('the typed client handles subscribes that overlap, each getting its own events', async (ctx) => {
+  const { lead } = await team(ctx);
+  const [a, b] = await Promise.all([
+    lead.call('task.create', { type: 'x', title: 'A' }),
+    lead.call('task.create', { type: 'x', title: 'B' }),
+  ]);
+  const ra = recorder();
+  const rb = recorder();
+  await within(
+    Promise.all([
+      lead.subscribe(`task:${a.id}`, ra.handler, { fromPosition: 0 }),
+      lead.subscribe(`task:${b.id}`, rb.handler, { fromPosition: 0 }),
+    ]),
+    5000,
+    'both subscribes',
+  );
+  await lead.call('task.update', { taskId: a.id, title: 'A2' });
+  await lead.call('task.update', { taskId: b.id, title: 'B2' });
+  await waitFor(() => ra.events.length === 2 && rb.events.length === 2);
+  assert.equal(ra.events.map((e) => [e.actorId, e.type]), [[a.id, 'task.create'], [a.id, 'task.update']]);
+  assert.equal(rb.events.map((e) => [e.actorId, e.type]), [[b.id, 'task.create'], [b.id, 'task.update']]);
 });
 
 test('stops delivery on unsubscribe, and only the owning connection can unsubscribe', async (ctx) => {

@@ -409,6 +409,7 @@ export class ActorHost {
     const stored: StoredEvent = {
       ...newEvent,
       position: outcome!.positions[0]!,
+      feedPosition: outcome!.feedPositions[0]!,
       stream: cell.stream,
       tenant: cell.address.tenant,
       kind: cell.address.kind,

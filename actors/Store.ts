@@ -34,8 +34,14 @@ export interface NewEvent {
 
 /** An event as stored. */
 export interface StoredEvent extends NewEvent {
-  /** Global position in the store's feed: strictly increasing in commit order, starting at 1. */
+  /**
+   * Position in its tenant's feed: strictly increasing per tenant in commit order, starting at 1,
+   * without gaps. Clients see it and resume subscriptions from it; because it counts only the
+   * tenant's own events, it reveals nothing about other tenants' activity.
+   */
   position: number;
+  /** Position in the store-wide feed across all tenants. Internal: never shown to clients. */
+  feedPosition: number;
   stream: string;
   tenant: string;
   kind: string;
@@ -177,8 +183,8 @@ export type CommitFailure =
   | { ok: false; reason: 'duplicate_event'; eventId: string }
   | { ok: false; reason: 'idempotency_conflict'; key: string };
 
-/** The result of one item: the positions given to its events, or why it was refused. */
-export type CommitOutcome = { ok: true; positions: number[] } | CommitFailure;
+/** The result of one item: the positions given to its events (tenant and store-wide), or why it was refused. */
+export type CommitOutcome = { ok: true; positions: number[]; feedPositions: number[] } | CommitFailure;
 
 /** A tenant. */
 export interface TenantRecord {
@@ -213,12 +219,12 @@ export interface Store {
   streamInfo(stream: string): Promise<{ version: number; epoch: number }>;
   /** The latest snapshot of a stream, if any. */
   loadSnapshot(stream: string): Promise<{ version: number; state: unknown } | undefined>;
-  /** Events of a tenant's topic with `position > afterPosition`, in position order. */
+  /** Events of a tenant's topic with (tenant) `position > afterPosition`, in position order. */
   readTopic(tenant: string, topic: string, afterPosition: number, limit: number): Promise<StoredEvent[]>;
-  /** All events of all tenants with `position > afterPosition`, in position order. */
-  readFeed(afterPosition: number, limit: number): Promise<StoredEvent[]>;
-  /** The highest position written (0 when empty). */
-  headPosition(): Promise<number>;
+  /** All events of all tenants with `feedPosition > afterFeedPosition`, in feed order. */
+  readFeed(afterFeedPosition: number, limit: number): Promise<StoredEvent[]>;
+  /** The highest position of a tenant's feed, or with no tenant of the store-wide feed (0 when empty). */
+  headPosition(tenant?: string): Promise<number>;
   /** Every stream name with at least one event, optionally of one kind. */
   listStreams(kind?: string): Promise<string[]>;
 

@@ -130,6 +130,8 @@ async function runCommand(argv: string[], out: (s: string) => void): Promise<num
 
   switch (cmd) {
     case 'keys':
+      // Usage errors are reported before the store is opened (or created).
+      if (sub === 'create' && (!values.tenant || !values.principal || !values.roles)) fail('keys create needs --tenant, --principal and --roles');
       return withStore(async (store) => {
         const auth = new Authenticator({ store });
         if (sub === 'create') {

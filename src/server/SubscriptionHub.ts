@@ -95,7 +95,7 @@ export class SubscriptionHub {
     conn.subscriptions.add(sub.id);
     try {
       if (fromPosition === undefined) {
-        sub.last = await this.#store.headPosition();
+        sub.last = await this.#store.headPosition(tenant);
       } else {
         sub.last = fromPosition;
         for (;;) {

@@ -56,6 +56,8 @@ export class MemoryStore implements Store {
   #streams = new Map<string, StreamState>();
   /** Key: tenant NUL topic; positions ascending. */
   #topics = new Map<string, number[]>();
+  /** The last position of each tenant's feed. */
+  #tenantHeads = new Map<string, number>();
   #snapshots = new Map<string, { version: number; state: unknown }>();
   /** Key: tenant NUL kind NUL id. */
   #views = new Map<string, ViewRecord>();
@@ -129,11 +131,19 @@ export class MemoryStore implements Store {
     });
 
     const positions: number[] = [];
+    const feedPositions: number[] = [];
+    const tenantHead = this.#tenantHeads.get(item.tenant) ?? 0;
+    if (item.events.length > 0) {
+      this.#tenantHeads.set(item.tenant, tenantHead + item.events.length);
+      undo.push(() => this.#tenantHeads.set(item.tenant, tenantHead));
+    }
     item.events.forEach((event, i) => {
+      // Topic lists and streams index the store-wide feed; clients see the tenant position.
       const position = this.#events.length + 1;
       this.#events.push({
         ...event,
-        position,
+        position: tenantHead + i + 1,
+        feedPosition: position,
         stream: item.stream,
         tenant: item.tenant,
         kind: item.kind,
@@ -153,7 +163,8 @@ export class MemoryStore implements Store {
         undo.push(() => list.pop());
       }
       state.positions.push(position);
-      positions.push(position);
+      positions.push(tenantHead + i + 1);
+      feedPositions.push(position);
     });
     state.version = version + item.events.length;
     state.epoch = Math.max(epoch, item.epoch);
@@ -179,7 +190,7 @@ export class MemoryStore implements Store {
       this.#put(this.#outbox, o.id, { seq: ++this.#outboxSeq, record: o }, undo);
     }
     if (idem) this.#put(this.#idempotency, pair(idem.tenant, idem.key), idem, undo);
-    return { ok: true, positions };
+    return { ok: true, positions, feedPositions };
   }
 
   /** Sets a map entry and records how to restore the previous one. */
@@ -217,7 +228,7 @@ export class MemoryStore implements Store {
 
   async readTopic(tenant: string, topic: string, afterPosition: number, limit: number): Promise<StoredEvent[]> {
     this.#assertOpen();
-    const positions = (this.#topics.get(pair(tenant, topic)) ?? []).filter((p) => p > afterPosition);
+    const positions = (this.#topics.get(pair(tenant, topic)) ?? []).filter((p) => this.#events[p - 1]!.position > afterPosition);
     return take(positions, limit).map((p) => clone(this.#events[p - 1]!));
   }
 
@@ -227,7 +238,11 @@ export class MemoryStore implements Store {
     return take(this.#events.slice(start), limit).map(clone);
   }
 
-  async headPosition(): Promise<number> {
+  async headPosition(tenant?: string): Promise<number> {
+    if (tenant !== undefined) {
+      this.#assertOpen();
+      return this.#tenantHeads.get(tenant) ?? 0;
+    }
     this.#assertOpen();
     return this.#events.length;
   }

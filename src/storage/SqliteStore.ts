@@ -38,7 +38,7 @@ export interface SqliteStoreOptions {
 }
 
 /** The schema version this code writes; a file with a higher one is refused. */
-const SCHEMA_VERSION = 1;
+const SCHEMA_VERSION = 2;
 
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -47,11 +47,12 @@ CREATE TABLE IF NOT EXISTS streams (
   version INTEGER NOT NULL, epoch INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS streams_kind ON streams (kind, stream);
 CREATE TABLE IF NOT EXISTS events (
-  position INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, stream TEXT NOT NULL,
-  version INTEGER NOT NULL, tenant TEXT NOT NULL, kind TEXT NOT NULL, actor_id TEXT NOT NULL,
-  type TEXT NOT NULL, data TEXT NOT NULL, meta TEXT NOT NULL, UNIQUE (stream, version));
+  position INTEGER PRIMARY KEY AUTOINCREMENT, tenant_position INTEGER NOT NULL, id TEXT NOT NULL UNIQUE,
+  stream TEXT NOT NULL, version INTEGER NOT NULL, tenant TEXT NOT NULL, kind TEXT NOT NULL,
+  actor_id TEXT NOT NULL, type TEXT NOT NULL, data TEXT NOT NULL, meta TEXT NOT NULL, UNIQUE (stream, version));
+CREATE TABLE IF NOT EXISTS tenant_positions (tenant TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS event_topics (
-  tenant TEXT NOT NULL, topic TEXT NOT NULL, position INTEGER NOT NULL,
+  tenant TEXT NOT NULL, topic TEXT NOT NULL, position INTEGER NOT NULL, feed_position INTEGER NOT NULL,
   PRIMARY KEY (tenant, topic, position)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS snapshots (
   stream TEXT NOT NULL, version INTEGER NOT NULL, state TEXT NOT NULL, PRIMARY KEY (stream, version));
@@ -84,7 +85,7 @@ CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NU
 
 const VIEW_COLUMNS = `tenant, kind, id, version, status, owner, type, priority, parent_id, created_by,
   created_at, updated_at, text, archived, doc`;
-const EVENT_COLUMNS = 'position, id, stream, version, tenant, kind, actor_id, type, data, meta';
+const EVENT_COLUMNS = 'position, tenant_position, id, stream, version, tenant, kind, actor_id, type, data, meta';
 
 type Row = Record<string, unknown>;
 type Stmt = Database.Statement<unknown[], Row>;
@@ -280,13 +281,14 @@ export class SqliteStore implements Store {
     return this.#s.readTopic.all(tenant, topic, afterPosition, sqlLimit(limit)).map(toEvent);
   }
 
-  async readFeed(afterPosition: number, limit: number): Promise<StoredEvent[]> {
+  async readFeed(afterFeedPosition: number, limit: number): Promise<StoredEvent[]> {
     this.#assertOpen();
-    return this.#s.readFeed.all(afterPosition, sqlLimit(limit)).map(toEvent);
+    return this.#s.readFeed.all(afterFeedPosition, sqlLimit(limit)).map(toEvent);
   }
 
-  async headPosition(): Promise<number> {
+  async headPosition(tenant?: string): Promise<number> {
     this.#assertOpen();
+    if (tenant !== undefined) return this.#s.tenantHeadPosition.get(tenant)!.head as number;
     return this.#s.headPosition.get()!.head as number;
   }
 
@@ -552,15 +554,23 @@ export class SqliteWriter {
       return { ok: false, reason: 'idempotency_conflict', key: idem.key };
     }
 
-    const positions = item.events.map((event, i) => {
-      const { lastInsertRowid } = s.insertEvent.run(
-        event.id, item.stream, version + i + 1, item.tenant, item.kind, item.actorId,
-        event.type, event.data, event.meta,
-      );
-      const position = Number(lastInsertRowid);
-      for (const topic of event.topics) s.insertTopic.run(item.tenant, topic, position);
-      return position;
-    });
+    const positions: number[] = [];
+    const feedPositions: number[] = [];
+    if (item.events.length > 0) {
+      // One counter row per tenant: its positions have no gaps and say nothing of other tenants.
+      const last = s.bumpTenantPosition.get(item.tenant, item.events.length)!.value as number;
+      item.events.forEach((event, i) => {
+        const position = last - item.events.length + i + 1;
+        const { lastInsertRowid } = s.insertEvent.run(
+          position, event.id, item.stream, version + i + 1, item.tenant, item.kind, item.actorId,
+          event.type, event.data, event.meta,
+        );
+        const feedPosition = Number(lastInsertRowid);
+        for (const topic of event.topics) s.insertTopic.run(item.tenant, topic, position, feedPosition);
+        positions.push(position);
+        feedPositions.push(feedPosition);
+      });
+    }
     const newVersion = version + item.events.length;
     s.upsertStream.run(item.stream, item.tenant, item.kind, item.actorId, newVersion, item.epoch);
     if (item.snapshot !== undefined) {
@@ -576,7 +586,7 @@ export class SqliteWriter {
     for (const id of item.outboxDone) s.deleteOutbox.run(id);
     for (const o of item.outbox) s.insertOutbox.run(...o);
     if (idem) s.insertIdempotency.run(...idem.row);
-    return { ok: true, positions };
+    return { ok: true, positions, feedPositions };
   }
 
 }
@@ -592,17 +602,38 @@ export function migrate(db: Database.Database): void {
       throw new Error(
         `database schema_version ${row.value} is newer than this code's ${SCHEMA_VERSION}; upgrade Troupe`,
       );
+    } else if (Number(row.value) === 1) {
+      db.exec(MIGRATE_1_TO_2);
+      db.prepare("UPDATE meta SET value = ? WHERE key = 'schema_version'").run(String(SCHEMA_VERSION));
     }
   }).immediate();
 }
+
+/** Version 2 numbers events per tenant (positions used to be store-wide). */
+const MIGRATE_1_TO_2 = `
+ALTER TABLE events ADD COLUMN tenant_position INTEGER NOT NULL DEFAULT 0;
+UPDATE events SET tenant_position = (
+  SELECT n FROM (SELECT position AS p, ROW_NUMBER() OVER (PARTITION BY tenant ORDER BY position) AS n FROM events)
+  WHERE p = events.position);
+INSERT OR REPLACE INTO tenant_positions (tenant, value) SELECT tenant, MAX(tenant_position) FROM events GROUP BY tenant;
+CREATE TABLE event_topics_v2 (
+  tenant TEXT NOT NULL, topic TEXT NOT NULL, position INTEGER NOT NULL, feed_position INTEGER NOT NULL,
+  PRIMARY KEY (tenant, topic, position)) WITHOUT ROWID;
+INSERT INTO event_topics_v2 (tenant, topic, position, feed_position)
+  SELECT t.tenant, t.topic, e.tenant_position, t.position FROM event_topics t JOIN events e ON e.position = t.position;
+DROP TABLE event_topics;
+ALTER TABLE event_topics_v2 RENAME TO event_topics;
+`;
 
 const SQL = {
   getStream: 'SELECT version, epoch FROM streams WHERE stream = ?',
   eventExists: 'SELECT 1 FROM events WHERE id = ?',
   idempotencyExists: 'SELECT 1 FROM idempotency WHERE tenant = ? AND key = ?',
-  insertEvent: `INSERT INTO events (id, stream, version, tenant, kind, actor_id, type, data, meta)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-  insertTopic: 'INSERT OR IGNORE INTO event_topics (tenant, topic, position) VALUES (?, ?, ?)',
+  insertEvent: `INSERT INTO events (tenant_position, id, stream, version, tenant, kind, actor_id, type, data, meta)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+  bumpTenantPosition: `INSERT INTO tenant_positions (tenant, value) VALUES (?, ?)
+    ON CONFLICT (tenant) DO UPDATE SET value = value + excluded.value RETURNING value`,
+  insertTopic: 'INSERT OR IGNORE INTO event_topics (tenant, topic, position, feed_position) VALUES (?, ?, ?, ?)',
   upsertStream: `INSERT INTO streams (stream, tenant, kind, actor_id, version, epoch) VALUES (?, ?, ?, ?, ?, ?)
     ON CONFLICT (stream) DO UPDATE SET version = excluded.version, epoch = max(epoch, excluded.epoch)`,
   putSnapshot: 'INSERT OR REPLACE INTO snapshots (stream, version, state) VALUES (?, ?, ?)',
@@ -636,11 +667,12 @@ const SQL = {
     VALUES (?, ?, ?, ?, ?)`,
   getIdempotency: 'SELECT tenant, key, request_hash, result, created_at FROM idempotency WHERE tenant = ? AND key = ?',
   readStream: `SELECT ${EVENT_COLUMNS} FROM events WHERE stream = ? AND version > ? ORDER BY version LIMIT ?`,
-  readTopic: `SELECT e.position, e.id, e.stream, e.version, e.tenant, e.kind, e.actor_id, e.type, e.data, e.meta
-    FROM event_topics t JOIN events e ON e.position = t.position
+  readTopic: `SELECT e.position, e.tenant_position, e.id, e.stream, e.version, e.tenant, e.kind, e.actor_id, e.type,
+    e.data, e.meta FROM event_topics t JOIN events e ON e.position = t.feed_position
     WHERE t.tenant = ? AND t.topic = ? AND t.position > ? ORDER BY t.position LIMIT ?`,
   readFeed: `SELECT ${EVENT_COLUMNS} FROM events WHERE position > ? ORDER BY position LIMIT ?`,
   headPosition: 'SELECT COALESCE(MAX(position), 0) AS head FROM events',
+  tenantHeadPosition: 'SELECT COALESCE(MAX(value), 0) AS head FROM tenant_positions WHERE tenant = ?',
   listStreams: 'SELECT stream FROM streams WHERE version > 0 ORDER BY stream',
   listStreamsOfKind: 'SELECT stream FROM streams WHERE kind = ? AND version > 0 ORDER BY stream',
   putTenant: 'INSERT OR REPLACE INTO tenants (id, name, created_at) VALUES (?, ?, ?)',
@@ -723,7 +755,8 @@ function toEvent(row: Row): StoredEvent {
     type: row.type as string,
     data: JSON.parse(row.data as string),
     meta: JSON.parse(row.meta as string),
-    position: row.position as number,
+    position: row.tenant_position as number,
+    feedPosition: row.position as number,
     stream: row.stream as string,
     tenant: row.tenant as string,
     kind: row.kind as string,

@@ -135,10 +135,11 @@ export function runStoreContract(name: string, setup: () => Promise<StoreFixture
 
   test('appends events to a new stream and reads them back with positions starting at 1', async () => {
     const [outcome] = await store.commit([item('task/t1', 0, ['e1', 'e2'])]);
-    assert.equal(outcome, { ok: true, positions: [1, 2] });
+    assert.equal(outcome, { ok: true, positions: [1, 2], feedPositions: [1, 2] });
     const expected: StoredEvent[] = ['e1', 'e2'].map((id, i) => ({
       ...ev(id),
       position: i + 1,
+      feedPosition: i + 1,
       stream: 'task/t1',
       tenant: T,
       kind: 'task',
@@ -168,8 +169,8 @@ export function runStoreContract(name: string, setup: () => Promise<StoreFixture
   test('items of one call apply in order, so a later item builds on an earlier one', async () => {
     const outcomes = await store.commit([item('task/t1', 0, ['e1']), item('task/t1', 1, ['e2'])]);
     assert.equal(outcomes, [
-      { ok: true, positions: [1] },
-      { ok: true, positions: [2] },
+      { ok: true, positions: [1], feedPositions: [1] },
+      { ok: true, positions: [2], feedPositions: [2] },
     ]);
     assert.equal(await store.streamInfo('task/t1'), { version: 2, epoch: 1 });
   });
@@ -204,6 +205,7 @@ export function runStoreContract(name: string, setup: () => Promise<StoreFixture
     const positions = (await Promise.all(calls)).map((outcomes) => ok(outcomes[0])[0]!);
     for (let i = 1; i < positions.length; i++) assert.ok(positions[i]! > positions[i - 1]!, 'in call order');
     assert.is(await store.headPosition(), positions[positions.length - 1]);
+    assert.is(await store.headPosition(T), positions[positions.length - 1]);
     assert.equal(
       (await store.readFeed(0, 100)).map((e) => e.position),
       positions,
@@ -241,14 +243,14 @@ export function runStoreContract(name: string, setup: () => Promise<StoreFixture
       { ok: false, reason: 'version_conflict', actualVersion: 1 },
     ]);
     assert.equal(await store.dueTimers(1_000, 10), []);
-    assert.equal(await store.commit([withTimer(4)]), [{ ok: true, positions: [] }]);
+    assert.equal(await store.commit([withTimer(4)]), [{ ok: true, positions: [], feedPositions: [] }]);
     assert.equal(await store.streamInfo('task/t1'), { version: 1, epoch: 4 });
     assert.equal((await store.dueTimers(1_000, 10)).map((t) => t.name), ['remind']);
     assert.is(await store.headPosition(), 1);
   });
 
   test('an event-less item on an unknown stream fences it without listing it', async () => {
-    assert.equal(await store.commit([item('task/t1', 0, [], { epoch: 5 })]), [{ ok: true, positions: [] }]);
+    assert.equal(await store.commit([item('task/t1', 0, [], { epoch: 5 })]), [{ ok: true, positions: [], feedPositions: [] }]);
     assert.equal(await store.streamInfo('task/t1'), { version: 0, epoch: 5 });
     assert.equal(await store.listStreams(), []);
     assert.equal(await store.commit([item('task/t1', 0, ['e1'], { epoch: 4 })]), [
@@ -412,9 +414,29 @@ export function runStoreContract(name: string, setup: () => Promise<StoreFixture
     await store.commit([item('task/t1', 2, ['e3'])]);
     const feed = await store.readFeed(0, 10);
     assert.equal(ids(feed), ['e1', 'e2', 'g1', 'e3']);
-    assert.equal(feed.map((e) => e.position), [1, 2, 3, 4]);
+    assert.equal(feed.map((e) => e.feedPosition), [1, 2, 3, 4]);
     assert.is(feed[2]!.tenant, 'globex');
     assert.equal(ids(await store.readFeed(2, 1)), ['g1']);
+    assert.is(await store.headPosition(), 4);
+  });
+
+  test('positions count per tenant: another tenant\'s commits leave no gaps and no trace in them', async () => {
+    const outcomes = await store.commit([
+      item('task/t1', 0, ['e1']),
+      item('task/g1', 0, ['g1', 'g2'], { tenant: 'globex', topics: [['all'], ['all']] }),
+      item('task/t2', 0, ['e2'], { topics: [['all']] }),
+    ]);
+    assert.equal(outcomes, [
+      { ok: true, positions: [1], feedPositions: [1] },
+      { ok: true, positions: [1, 2], feedPositions: [2, 3] },
+      { ok: true, positions: [2], feedPositions: [4] },
+    ]);
+    assert.equal((await store.readStream('task/t2')).map((e) => [e.position, e.feedPosition]), [[2, 4]]);
+    assert.equal((await store.readTopic(T, 'all', 1, 10)).map((e) => [e.id, e.position]), [['e2', 2]]);
+    assert.equal((await store.readTopic('globex', 'all', 1, 10)).map((e) => [e.id, e.position]), [['g2', 2]]);
+    assert.is(await store.headPosition(T), 2);
+    assert.is(await store.headPosition('globex'), 2);
+    assert.is(await store.headPosition('nobody'), 0);
     assert.is(await store.headPosition(), 4);
   });
 

@@ -126,7 +126,7 @@ durability('close flushes commits that are still queued', async () => {
   const store = openStore();
   const pending = store.commit([item('task/t1', 0, ['e1'])]);
   await store.close();
-  assert.equal(await pending, [{ ok: true, positions: [1] }]);
+  assert.equal(await pending, [{ ok: true, positions: [1], feedPositions: [1] }]);
   const reopened = openStore();
   assert.is((await reopened.readStream('task/t1')).length, 1);
 });
@@ -159,7 +159,7 @@ durability('two stores on one file share concurrency control', async () => {
   assert.equal(await b.commit([item('task/t1', 1, ['e2'], { epoch: 1 })]), [
     { ok: false, reason: 'stale_epoch', currentEpoch: 2 },
   ]);
-  assert.equal(await b.commit([item('task/t1', 1, ['e2'], { epoch: 2 })]), [{ ok: true, positions: [2] }]);
+  assert.equal(await b.commit([item('task/t1', 1, ['e2'], { epoch: 2 })]), [{ ok: true, positions: [2], feedPositions: [2] }]);
 });
 
 durability('refuses a file written by a newer schema version', async () => {
@@ -168,6 +168,46 @@ durability('refuses a file written by a newer schema version', async () => {
   raw.prepare("UPDATE meta SET value = '99' WHERE key = 'schema_version'").run();
   raw.close();
   assert.throws(() => openStore(), /schema_version 99/);
+});
+
+durability('upgrades a version 1 file, numbering its events per tenant', async () => {
+  // The version 1 layout: store-wide positions only.
+  const raw = new Database(file);
+  raw.exec(`
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    INSERT INTO meta VALUES ('schema_version', '1');
+    CREATE TABLE events (
+      position INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, stream TEXT NOT NULL,
+      version INTEGER NOT NULL, tenant TEXT NOT NULL, kind TEXT NOT NULL, actor_id TEXT NOT NULL,
+      type TEXT NOT NULL, data TEXT NOT NULL, meta TEXT NOT NULL, UNIQUE (stream, version));
+    CREATE TABLE event_topics (
+      tenant TEXT NOT NULL, topic TEXT NOT NULL, position INTEGER NOT NULL,
+      PRIMARY KEY (tenant, topic, position)) WITHOUT ROWID;`);
+  const insert = raw.prepare(`INSERT INTO events (id, stream, version, tenant, kind, actor_id, type, data, meta)
+    VALUES (?, ?, ?, ?, 'task', ?, 'x', '{"type":"x"}', '{"at":1,"principal":"p"}')`);
+  const rows: [string, string, number, string][] = [
+    ['a1', 'acme/task/t1', 1, 'acme'],
+    ['g1', 'globex/task/g', 1, 'globex'],
+    ['a2', 'acme/task/t1', 2, 'acme'],
+  ];
+  rows.forEach(([id, stream, version, tenant], i) => {
+    insert.run(id, stream, version, tenant, stream.split('/')[2]);
+    raw.prepare('INSERT INTO event_topics VALUES (?, ?, ?)').run(tenant, 'all', i + 1);
+  });
+  raw.close();
+
+  const store = openStore();
+  assert.equal((await store.readFeed(0, 10)).map((e) => [e.id, e.position, e.feedPosition]), [
+    ['a1', 1, 1],
+    ['g1', 1, 2],
+    ['a2', 2, 3],
+  ]);
+  assert.equal((await store.readTopic('acme', 'all', 1, 10)).map((e) => e.id), ['a2']);
+  assert.is(await store.headPosition('acme'), 2);
+  // New events continue each tenant's numbering.
+  const [outcome] = await store.commit([item('task/t9', 0, ['a3'])]);
+  assert.equal(outcome, { ok: true, positions: [3], feedPositions: [4] });
+  await store.close();
 });
 
 durability('refuses invalid options with a precise error', () => {

@@ -397,7 +397,8 @@ export class TroupeServer {
     if (method === 'session.authenticate') {
       const v = await this.app.auth.verify(params.token as string);
       await this.#authenticated(conn, v.principal, v.credential);
-      return v.principal;
+      // Re-authenticating as the same principal keeps the connection's first credential.
+      return conn.principal ?? v.principal;
     }
     if (!conn.principal) {
       throw new ProtocolError('UNAUTHENTICATED', 'Authenticate first: send an Authorization header on connect or call session.authenticate.');

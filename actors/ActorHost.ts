@@ -367,12 +367,7 @@ export class ActorHost {
     const newEvent = { id: opts.eventId ?? uuidv7(at), type: event.type, data: machineEvent, meta };
     const topics = cell.kind.topics({ type: event.type, data: machineEvent, actorId: cell.address.id }, before, after);
     const item: CommitItem = {
-      stream: cell.stream,
-      tenant: cell.address.tenant,
-      kind: cell.address.kind,
-      actorId: cell.address.id,
-      expectedVersion: cell.version,
-      epoch: cell.epoch,
+      ...itemFor(cell),
       events: [newEvent],
       topics: [topics],
       view: cell.kind.view(after, cell.address, version),
@@ -468,12 +463,7 @@ export class ActorHost {
   async #commitBare(cell: Cell, patch: Pick<CommitItem, 'firedTimers' | 'outboxDone'>): Promise<void> {
     const [outcome] = await this.store.commit([
       {
-        stream: cell.stream,
-        tenant: cell.address.tenant,
-        kind: cell.address.kind,
-        actorId: cell.address.id,
-        expectedVersion: cell.version,
-        epoch: cell.epoch,
+        ...itemFor(cell),
         events: [],
         topics: [],
         ...patch,
@@ -495,6 +485,18 @@ export class ActorHost {
       { kind: kind.kind, id: cell.address.id, status, event: type, allowed },
     );
   }
+}
+
+/** The part of a commit item that says whose stream it is, at which version, under which epoch. */
+function itemFor(cell: Cell): Pick<CommitItem, 'stream' | 'tenant' | 'kind' | 'actorId' | 'expectedVersion' | 'epoch'> {
+  return {
+    stream: cell.stream,
+    tenant: cell.address.tenant,
+    kind: cell.address.kind,
+    actorId: cell.address.id,
+    expectedVersion: cell.version,
+    epoch: cell.epoch,
+  };
 }
 
 function capitalize(s: string): string {

@@ -1,23 +1,12 @@
 import { assign, setup } from 'xstate';
-import type { AgentStatus } from '../protocol/model.js';
+import type { Agent, AgentStatus } from '../protocol/model.js';
 import { iso, type Effect, type Stamp } from './effects.js';
 
 /** The agent record an agent actor holds. */
-export interface AgentData {
-  id: string;
-  tenantId: string;
-  name: string;
-  kind: string;
-  capabilities: string[];
-  maxConcurrentTasks: number;
-  costPerTask: number;
-  metadata: Record<string, unknown>;
+export type AgentData = Omit<Agent, 'status' | 'version'> & {
   /** The status the agent asked for; `offline` is reported whenever it has no connection. */
   requestedStatus: Exclude<AgentStatus, 'offline'>;
-  connections: number;
-  lastSeenAt: string | null;
-  registeredAt: string;
-}
+};
 
 /** Registration fields (validated and defaulted by the caller). */
 export interface AgentRegistration {

@@ -1,41 +1,9 @@
 import { assign, emit, setup } from 'xstate';
-import type { Delegation, DelegationKind, TaskPriority } from '../protocol/model.js';
+import type { Delegation, DelegationKind, Task, TaskPriority } from '../protocol/model.js';
 import { iso, type Effect, type Stamp, type TimerFired } from './effects.js';
 
 /** The task record a task actor holds; `status` and `version` come from the actor itself. */
-export interface TaskData {
-  id: string;
-  tenantId: string;
-  type: string;
-  title: string;
-  description: string;
-  priority: TaskPriority;
-  parameters: Record<string, unknown>;
-  requiredCapabilities: string[];
-  createdBy: string;
-  assignedTo: string | null;
-  parentTaskId: string | null;
-  progress: { percent: number; message: string } | null;
-  inputRequest: { prompt: string; schema: unknown } | null;
-  inputs: { prompt: string; input: unknown; by: string; at: string }[];
-  result: unknown;
-  error: string | null;
-  maxRetries: number;
-  retryCount: number;
-  retryBackoffMs: number;
-  retryAt: string | null;
-  timeoutSeconds: number | null;
-  deadline: string | null;
-  delegations: Delegation[];
-  rejections: { by: string; reason: string; at: string }[];
-  archived: boolean;
-  createdAt: string;
-  updatedAt: string;
-  assignedAt: string | null;
-  acceptedAt: string | null;
-  startedAt: string | null;
-  completedAt: string | null;
-}
+export type TaskData = Omit<Task, 'status' | 'a2aState' | 'version'>;
 
 /** Machine context: the task plus the `fireAt` of each durable timer it expects. */
 export interface TaskContext {

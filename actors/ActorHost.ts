@@ -1,3 +1,4 @@
+import { SpanStatusCode, trace, type Tracer } from '@opentelemetry/api';
 import { createActor, getNextTransitions, type Actor, type AnyStateMachine, type SnapshotFrom } from 'xstate';
 import { ProtocolError } from '../protocol/errors.js';
 import type { Effect } from '../machines/effects.js';
@@ -62,6 +63,10 @@ export interface ActorHostOptions {
   onTimerScheduled?: (fireAt: number) => void;
   /** Called after a commit that wrote outbox entries. */
   onOutbox?: (records: OutboxRecord[]) => void;
+  /** Called when an actor leaves memory, with its kind (for metrics). */
+  onPassivated?: (kind: string) => void;
+  /** Called with how long each store commit took to resolve or fail, in seconds (for metrics). */
+  onStoreCommit?: (seconds: number) => void;
 }
 
 /** Thrown (internally) when a turn's idempotency key was claimed first by another turn. */
@@ -122,9 +127,12 @@ export class ActorHost {
   #closed = false;
   #closing: Promise<void> | null = null;
   #opts: ActorHostOptions;
+  #tracer: Tracer;
 
   constructor(opts: ActorHostOptions) {
     this.#opts = opts;
+    // Taken per host, not per module: a tracer provider registered later still applies to new hosts.
+    this.#tracer = trace.getTracer('troupe');
     this.store = opts.store;
     this.#ownership = opts.ownership;
     for (const k of opts.kinds) this.#kinds.set(k.kind, k);
@@ -151,6 +159,20 @@ export class ActorHost {
   /** How many actors are in memory now. */
   get activeCount(): number {
     return this.#cells.size;
+  }
+
+  /** How many actors are in memory now, by kind (every hosted kind is listed, also at 0). */
+  activeByKind(): Map<string, number> {
+    const counts = new Map<string, number>([...this.#kinds.keys()].map((k) => [k, 0]));
+    for (const cell of this.#cells.values()) counts.set(cell.kind.kind, (counts.get(cell.kind.kind) ?? 0) + 1);
+    return counts;
+  }
+
+  /** Jobs waiting in mailboxes, summed over all actors in memory (running jobs not counted). */
+  get mailboxDepth(): number {
+    let n = 0;
+    for (const cell of this.#cells.values()) n += cell.queue.length;
+    return n;
   }
 
   /**
@@ -213,6 +235,7 @@ export class ActorHost {
       if (cell.running || cell.queue.length > 0) continue;
       this.#cells.delete(stream);
       cell.actor?.stop();
+      this.#opts.onPassivated?.(cell.kind.kind);
       void this.#ownership.release(stream).catch(() => {});
     }
   }
@@ -224,6 +247,7 @@ export class ActorHost {
       if (!cell.running && cell.queue.length === 0 && now - cell.lastUsed >= this.#idleMs) {
         this.#cells.delete(stream);
         cell.actor?.stop();
+        this.#opts.onPassivated?.(cell.kind.kind);
         await this.#ownership.release(stream);
         n++;
       }
@@ -308,6 +332,7 @@ export class ActorHost {
     if ((cell.version === 0 || settled) && cell.queue.length === 0 && this.#cells.get(cell.stream) === cell) {
       this.#cells.delete(cell.stream);
       cell.actor?.stop();
+      this.#opts.onPassivated?.(cell.kind.kind);
       await this.#ownership.release(cell.stream);
     }
     this.#trim();
@@ -378,7 +403,7 @@ export class ActorHost {
     if (opts.outboxDone) item.outboxDone = opts.outboxDone;
     if (opts.idempotency) item.idempotency = { ...opts.idempotency, result: opts.idempotency.result(after, version) };
 
-    const [outcome] = await this.store.commit([item]).catch((e: unknown) => {
+    const [outcome] = await this.#commit(item).catch((e: unknown) => {
       // The store may have failed before or after its commit: the outcome is unknown.
       throw new ProtocolError(
         'UNAVAILABLE',
@@ -461,15 +486,33 @@ export class ActorHost {
   }
 
   async #commitBare(cell: Cell, patch: Pick<CommitItem, 'firedTimers' | 'outboxDone'>): Promise<void> {
-    const [outcome] = await this.store.commit([
-      {
-        ...itemFor(cell),
-        events: [],
-        topics: [],
-        ...patch,
-      },
-    ]);
+    const [outcome] = await this.#commit({
+      ...itemFor(cell),
+      events: [],
+      topics: [],
+      ...patch,
+    });
     if (!outcome!.ok) cell.stale = true;
+  }
+
+  /** Commits one item, timed and inside a `store.commit` span. */
+  #commit(item: CommitItem): ReturnType<Store['commit']> {
+    return this.#tracer.startActiveSpan('store.commit', { attributes: { stream: item.stream, events: item.events.length } }, async (span) => {
+      const started = performance.now();
+      try {
+        const outcomes = await this.store.commit([item]);
+        const first = outcomes[0];
+        if (first && !first.ok) span.setAttribute('outcome', first.reason);
+        return outcomes;
+      } catch (e) {
+        span.recordException(e as Error);
+        span.setStatus({ code: SpanStatusCode.ERROR, message: (e as Error).message });
+        throw e;
+      } finally {
+        this.#opts.onStoreCommit?.((performance.now() - started) / 1000);
+        span.end();
+      }
+    });
   }
 
   #illegal(cell: Cell, snapshot: SnapshotFrom<AnyStateMachine>, type: string): ProtocolError {

@@ -34,6 +34,8 @@ export interface Config {
   jwtIssuer?: string;
   /** Required `aud` of JWTs (`TROUPE_JWT_AUDIENCE`). */
   jwtAudience?: string;
+  /** Export Node process metrics at /metrics (`TROUPE_PROCESS_METRICS`): costs ~10% throughput. Default false. */
+  processMetrics: boolean;
   /** pino level (`TROUPE_LOG_LEVEL`): trace, debug, info, warn, error, silent. Default info. */
   logLevel: string;
   /** Create a tenant and an admin key on first start when none exists (`TROUPE_BOOTSTRAP`). Default true. */
@@ -83,5 +85,6 @@ export function loadConfig(argv: string[] = process.argv.slice(2), env: NodeJS.P
     jwtAudience: env.TROUPE_JWT_AUDIENCE || undefined,
     logLevel: str('log-level') ?? env.TROUPE_LOG_LEVEL ?? 'info',
     bootstrap: (env.TROUPE_BOOTSTRAP ?? 'true') !== 'false',
+    processMetrics: env.TROUPE_PROCESS_METRICS === 'true',
   };
 }

@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { SpanKind, SpanStatusCode, trace, type Span, type Tracer } from '@opentelemetry/api';
 import { WebSocketServer, type RawData, type WebSocket } from 'ws';
 import { ActorHost } from '../../actors/ActorHost.js';
 import { addressOf } from '../../actors/ActorKind.js';
@@ -27,6 +28,7 @@ import { taskHandlers } from '../handlers/tasks.js';
 import { agentKind } from '../kinds/agentKind.js';
 import { taskKind } from '../kinds/taskKind.js';
 import { createLogger, type Logger } from '../logger.js';
+import { Metrics, methodLabel } from '../observability/Metrics.js';
 import type { App, AuthedContext, Handler, Handlers } from './App.js';
 import { CloseCodes, Connection } from './Connection.js';
 import { Presence } from './Presence.js';
@@ -57,6 +59,11 @@ export interface TroupeServerOptions {
   /** Replaces local single-node ownership (a cluster passes Redis-based ownership). */
   ownership?: Ownership;
   logger?: Logger;
+  /**
+   * Also export prom-client's default Node process metrics (CPU, memory, event-loop lag, GC) at
+   * `/metrics` (default false: their GC and event-loop observers cost about 10% throughput).
+   */
+  processMetrics?: boolean;
   /** The clock; tests may replace it. */
   now?: () => number;
 }
@@ -99,14 +106,31 @@ export class TroupeServer {
   #log: Logger;
   #maxFrame: number;
   #credentialCheck: NodeJS.Timeout | null = null;
+  #tracer: Tracer;
+  /** Read per message: creating child loggers only pays off when debug lines are written. */
+  #debug: boolean;
+
+  /** This server's Prometheus metrics, served at `/metrics`. */
+  readonly metrics: Metrics;
 
   constructor(opts: TroupeServerOptions) {
     this.#opts = opts;
     this.#log = opts.logger ?? createLogger('silent');
+    this.#debug = this.#log.isLevelEnabled('debug');
+    this.#tracer = trace.getTracer('troupe');
+    this.metrics = new Metrics(
+      {
+        connections: () => this.#conns.size,
+        activeActors: () => this.host.activeByKind(),
+        mailboxDepth: () => this.host.mailboxDepth,
+      },
+      { defaultMetrics: opts.processMetrics ?? false },
+    );
+    const metrics = this.metrics;
     this.#maxFrame = opts.maxFrameBytes ?? 1024 * 1024;
     const now = opts.now ?? Date.now;
     const store = opts.store;
-    const hub = new SubscriptionHub({ store, maxBufferedBytes: opts.maxBufferedBytes });
+    const hub = new SubscriptionHub({ store, maxBufferedBytes: opts.maxBufferedBytes, onOverflow: () => metrics.overflow() });
     this.host = new ActorHost({
       store,
       ownership: opts.ownership ?? new LocalOwnership(store),
@@ -116,9 +140,11 @@ export class TroupeServer {
       now,
       onTimerScheduled: (at) => this.#timers.scheduled(at),
       onOutbox: (records) => this.#outbox.dispatch(records),
+      onPassivated: (kind) => metrics.passivated(kind),
+      onStoreCommit: (seconds) => metrics.storeCommit(seconds),
     });
     this.host.onCommit((events, topics) => hub.publish(events, topics));
-    this.#timers = new TimerService({ host: this.host, now });
+    this.#timers = new TimerService({ host: this.host, now, onFired: (lagMs) => metrics.timerLag(lagMs / 1000) });
     this.#outbox = new OutboxDispatcher(this.host);
     this.app = {
       host: this.host,
@@ -239,12 +265,19 @@ export class TroupeServer {
         } catch (e) {
           return json(503, { status: 'unavailable', store: (e as Error).message });
         }
+      case '/metrics': {
+        const registry = this.metrics.registry;
+        const text = await registry.metrics();
+        res.writeHead(200, { 'content-type': registry.contentType });
+        res.end(text);
+        return;
+      }
       case '/machines':
         return json(200, Object.fromEntries(Object.entries(machines).map(([k, m]) => [k, m.toJSON()])));
       case '/protocol.json':
         return json(200, protocolJsonSchema());
       case '/':
-        return json(200, { name: 'troupe', websocket: '/v1', endpoints: ['/healthz', '/readyz', '/machines', '/protocol.json'] });
+        return json(200, { name: 'troupe', websocket: '/v1', endpoints: ['/healthz', '/readyz', '/metrics', '/machines', '/protocol.json'] });
       default:
         return json(404, { error: `No such endpoint: ${url.pathname}` });
     }
@@ -336,10 +369,12 @@ export class TroupeServer {
   async #onFrame(conn: Connection, data: RawData, isBinary: boolean, size: number): Promise<void> {
     if (conn.closed) return;
     if (isBinary) {
+      this.metrics.refused('', 'INVALID_REQUEST');
       conn.reply([], errorResponse(null, new ProtocolError('INVALID_REQUEST', 'Frames must be UTF-8 text containing JSON, not binary.')));
       return;
     }
     if (size > this.#maxFrame) {
+      this.metrics.refused('', 'PAYLOAD_TOO_LARGE');
       conn.reply(
         [],
         errorResponse(
@@ -355,18 +390,15 @@ export class TroupeServer {
     const frame = decodeFrame(data.toString());
     const ids: string[] = [];
     const run = async (entry: (typeof frame.entries)[number]): Promise<RpcResponse | null> => {
-      if (!entry.ok) return errorResponse(entry.id, entry.error);
+      if (!entry.ok) {
+        this.metrics.refused('', entry.error.reason);
+        return errorResponse(entry.id, entry.error);
+      }
       const req = entry.request;
       const correlationId = conn.correlationOf(req.id ?? randomUUID());
       ids.push(correlationId);
       conn.begin(correlationId);
-      try {
-        const result = await this.#call(conn, req, correlationId);
-        return req.id === undefined ? null : resultResponse(req.id, result);
-      } catch (e) {
-        if (req.id === undefined) return null;
-        return errorResponse(req.id, this.#toProtocolError(e, req.method));
-      }
+      return this.#handle(conn, req, correlationId);
     };
     if (!frame.batch) {
       const response = await run(frame.entries[0]);
@@ -375,6 +407,36 @@ export class TroupeServer {
     }
     const responses = (await Promise.all(frame.entries.map(run))).filter((r): r is RpcResponse => r !== null);
     conn.reply(ids, responses.length > 0 ? responses : null);
+  }
+
+  /**
+   * Handles one request inside an `rpc <method>` span, counting and timing it; refusals are
+   * logged at warn, server failures at error, each with the connection, method and correlation id.
+   */
+  #handle(conn: Connection, req: RpcRequest, correlationId: string): Promise<RpcResponse | null> {
+    const method = methodLabel(req.method);
+    const started = performance.now();
+    return this.#tracer.startActiveSpan(`rpc ${method}`, { kind: SpanKind.SERVER, attributes: { method } }, async (span: Span) => {
+      let log: Logger | null = null;
+      const messageLog = () => (log ??= this.#log.child({ conn: conn.id, method, correlationId }));
+      if (this.#debug) messageLog().debug('handling');
+      try {
+        const result = await this.#call(conn, req, correlationId);
+        span.setAttribute('outcome', 'ok');
+        return req.id === undefined ? null : resultResponse(req.id, result);
+      } catch (e) {
+        const error = this.#toProtocolError(e, req.method, messageLog());
+        this.metrics.error(method, error.reason);
+        span.setAttribute('outcome', error.reason);
+        span.setStatus({ code: SpanStatusCode.ERROR, message: error.reason });
+        return req.id === undefined ? null : errorResponse(req.id, error);
+      } finally {
+        // Read at the end: session.authenticate sets the principal while it runs.
+        if (conn.principal) span.setAttributes({ tenant: conn.principal.tenantId, principal: conn.principal.principalId });
+        this.metrics.message(method, (performance.now() - started) / 1000);
+        span.end();
+      }
+    });
   }
 
   async #call(conn: Connection, req: RpcRequest, correlationId: string): Promise<unknown> {
@@ -409,9 +471,15 @@ export class TroupeServer {
     return handler(ctx, params as never);
   }
 
-  #toProtocolError(e: unknown, method: string): ProtocolError {
-    if (e instanceof ProtocolError) return e;
-    this.#log.error({ err: e, method }, 'handler failed');
+  #toProtocolError(e: unknown, method: string, log: Logger): ProtocolError {
+    if (e instanceof ProtocolError) {
+      if (e.reason === 'INTERNAL') log.error({ err: e }, 'handler failed');
+      // The message may quote client input (an unknown method name): keep the line bounded.
+      else log.warn({ reason: e.reason, code: e.code }, `refused: ${e.message.slice(0, 300)}`);
+      return e;
+    }
+    // pino's err serializer keeps the stack.
+    log.error({ err: e }, 'handler failed');
     return new ProtocolError('INTERNAL', `The server failed while handling ${method}; the change was not applied.`);
   }
 }

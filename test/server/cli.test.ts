@@ -200,6 +200,7 @@ test('loadConfig has documented defaults', () => {
     idleMs: 60_000,
     maxActiveActors: 10_000,
     credentialCheckMs: 30_000,
+    processMetrics: false,
     maxBufferedBytes: 8 * 1024 * 1024,
     jwtSecret: undefined,
     jwtIssuer: undefined,

@@ -137,7 +137,6 @@ interface PendingCall {
  */
 export class SqliteStore implements Store {
   #db: Database.Database;
-  #snapshotsKeep: number;
   #s: Statements;
   /** View queries are built per filter combination; each shape is prepared once. */
   #queryCache = new Map<string, Stmt>();
@@ -161,7 +160,6 @@ export class SqliteStore implements Store {
     if (!Number.isInteger(keep) || keep < 1) {
       throw new TypeError(`snapshotsKeep must be an integer >= 1, got ${String(keep)}`);
     }
-    this.#snapshotsKeep = keep;
     const db = new Database(options.path);
     try {
       db.pragma('journal_mode = WAL');

@@ -2,10 +2,10 @@ import { trace, type Span, type SpanOptions, type Tracer, type TracerProvider } 
 import { pino } from 'pino';
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
-import { ProtocolError } from '../../protocol/errors.js';
 import { RawSocket } from '../helpers/rawSocket.js';
 import { startServer, type TestServer } from '../helpers/server.js';
 import { waitFor } from '../helpers/waitFor.js';
+import { refusal } from '../helpers/errors.js';
 
 async function scrape(ts: TestServer): Promise<{ text: string; contentType: string }> {
   const res = await fetch(`${ts.httpUrl}/metrics`);
@@ -24,15 +24,6 @@ async function metric(ts: TestServer, name: string, labels = ''): Promise<number
   return sample((await scrape(ts)).text, name, labels);
 }
 
-async function refusal(p: Promise<unknown>): Promise<ProtocolError> {
-  try {
-    await p;
-  } catch (e) {
-    assert.instance(e, ProtocolError);
-    return e as ProtocolError;
-  }
-  throw new Error('expected a refusal');
-}
 
 const test = suite('metrics: /metrics counts messages, errors, actors, commits, timers and overflows');
 

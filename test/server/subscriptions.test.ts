@@ -1,11 +1,12 @@
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { connect, type TroupeClient } from '../../protocol/client.js';
-import { ErrorCodes, ProtocolError } from '../../protocol/errors.js';
+import { ErrorCodes } from '../../protocol/errors.js';
 import type { ActorEvent } from '../../protocol/model.js';
 import { CuttableProxy, RawSocket, within } from '../helpers/rawSocket.js';
 import { sqliteStore, startServer, tempDir, type TestServer } from '../helpers/server.js';
 import { waitFor } from '../helpers/waitFor.js';
+import { refusal } from '../helpers/errors.js';
 
 interface Ctx {
   ts: TestServer;
@@ -32,16 +33,6 @@ function recorder() {
   };
 }
 
-async function refusal(p: Promise<unknown>, code: number): Promise<ProtocolError> {
-  try {
-    await p;
-  } catch (e) {
-    assert.ok(e instanceof ProtocolError, String(e));
-    assert.is((e as ProtocolError).code, code, (e as ProtocolError).message);
-    return e as ProtocolError;
-  }
-  throw new Error(`expected error ${code}, but the call succeeded`);
-}
 
 function strictlyIncreasing(xs: number[]): boolean {
   return xs.every((x, i) => i === 0 || x > xs[i - 1]!);

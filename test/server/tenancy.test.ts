@@ -6,6 +6,7 @@ import { ErrorCodes, ProtocolError } from '../../protocol/errors.js';
 import type { ActorEvent, Task } from '../../protocol/model.js';
 import { startServer, type TestServer } from '../helpers/server.js';
 import { waitFor } from '../helpers/waitFor.js';
+import { refusal } from '../helpers/errors.js';
 
 interface Ctx {
   ts: TestServer;
@@ -43,15 +44,6 @@ test.after(async (ctx) => {
   await ctx.ts.close();
 });
 
-async function refusal(p: Promise<unknown>): Promise<ProtocolError> {
-  try {
-    await p;
-  } catch (e) {
-    assert.ok(e instanceof ProtocolError, String(e));
-    return e as ProtocolError;
-  }
-  throw new Error('the call should have been refused');
-}
 
 /** The error with the id replaced, so two refusals can be compared whole. */
 function shape(e: ProtocolError, id: string): unknown {

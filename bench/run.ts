@@ -25,7 +25,8 @@ import { summarize, type Latency } from './stats.js';
  * Flags: `--quick` (short windows), `--profile` (only the lifecycle at 100 agents, with the
  * server under `--cpu-prof`; prints where each thread's time goes). Env: BENCH_WARMUP_MS,
  * BENCH_MEASURE_MS; BENCH_WRITER=inline|worker (default worker, as `openStore` uses) and
- * BENCH_SYNC=FULL|NORMAL (default FULL) reach the server process; BENCH_NODE_ARGS adds node flags to it.
+ * BENCH_SYNC=FULL|NORMAL (default FULL) and BENCH_MAX_ACTIVE (actors kept in memory) reach the server
+ * process; BENCH_NODE_ARGS adds node flags to it.
  * Traffic goes to 127.0.0.1 only. Results: bench/results/latest.json (profile-summary.json).
  */
 

@@ -51,7 +51,8 @@ async function main(): Promise<void> {
     };
   }
 
-  const server = new TroupeServer({ store, port: 0, host: '127.0.0.1' });
+  const maxActiveActors = process.env.BENCH_MAX_ACTIVE ? Number(process.env.BENCH_MAX_ACTIVE) : undefined;
+  const server = new TroupeServer({ store, port: 0, host: '127.0.0.1', maxActiveActors });
   const { port, url } = await server.start();
   const keys: string[] = [];
   for (let i = 0; i < agents; i++) {

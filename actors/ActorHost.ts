@@ -198,57 +198,46 @@ export class ActorHost {
   async fireTimer(timer: TimerRecord): Promise<void> {
     const address = { tenant: timer.tenant, kind: timer.kind, id: timer.actorId };
     const fired = { name: timer.name, fireAt: timer.fireAt };
-    await this.#enqueue(address, async (cell) => {
-      const event = { ...timer.event, type: 'timer.fired', name: timer.name, fireAt: timer.fireAt };
-      if (cell.actor!.getSnapshot().can({ ...event, at: this.#now(), by: 'system' })) {
-        await this.#turn(cell, event, { principal: 'system', firedTimer: fired });
-      } else {
-        await this.#commitBare(cell, { firedTimers: [fired] });
-      }
-    });
+    const event = { ...timer.event, type: 'timer.fired', name: timer.name, fireAt: timer.fireAt };
+    await this.#enqueue(address, (cell) =>
+      this.#turnOrConsume(cell, event, { principal: 'system', firedTimer: fired }, { firedTimers: [fired] }),
+    );
   }
 
   /** Delivers an outbox message to its target; consumes it also when refused or a duplicate. */
   async deliver(record: OutboxRecord): Promise<void> {
     const address = { tenant: record.tenant, kind: record.targetKind, id: record.targetId };
-    await this.#enqueue(address, async (cell) => {
-      const event = record.event as { type: string } & Record<string, unknown>;
-      if (cell.actor!.getSnapshot().can({ ...event, at: this.#now(), by: 'system' })) {
-        const r = await this.#turn(cell, event, {
-          principal: 'system',
-          eventId: record.id,
-          causationId: record.id,
-          outboxDone: [record.id],
-        });
-        if (r === DUPLICATE) await this.store.ackOutbox([record.id]);
-      } else {
-        await this.#commitBare(cell, { outboxDone: [record.id] });
-      }
-    });
+    const event = record.event as { type: string } & Record<string, unknown>;
+    const opts = { principal: 'system', eventId: record.id, causationId: record.id, outboxDone: [record.id] };
+    const r = await this.#enqueue(address, (cell) => this.#turnOrConsume(cell, event, opts, { outboxDone: [record.id] }));
+    if (r === DUPLICATE) await this.store.ackOutbox([record.id]);
   }
 
   /** Passivates least recently used idle actors while more than `maxActive` are in memory. */
   #trim(): void {
     if (this.#cells.size <= this.#maxActive) return;
-    for (const [stream, cell] of this.#cells) {
+    for (const cell of this.#cells.values()) {
       if (this.#cells.size <= this.#maxActive) break;
       if (cell.running || cell.queue.length > 0) continue;
-      this.#cells.delete(stream);
-      cell.actor?.stop();
-      this.#opts.onPassivated?.(cell.kind.kind);
-      void this.#ownership.release(stream).catch(() => {});
+      this.#unload(cell);
     }
+  }
+
+  /** Removes an idle actor from memory and gives up its ownership (safe while iterating `#cells`). */
+  #unload(cell: Cell): void {
+    this.#cells.delete(cell.stream);
+    cell.actor?.stop();
+    this.#opts.onPassivated?.(cell.kind.kind);
+    // Nothing waits for the release; a failed one just lets the lease expire.
+    void this.#ownership.release(cell.stream).catch(() => {});
   }
 
   /** Passivates actors idle longer than `idleMs`. Returns how many were passivated. */
   async passivateIdle(now = this.#now()): Promise<number> {
     let n = 0;
-    for (const [stream, cell] of this.#cells) {
+    for (const cell of this.#cells.values()) {
       if (!cell.running && cell.queue.length === 0 && now - cell.lastUsed >= this.#idleMs) {
-        this.#cells.delete(stream);
-        cell.actor?.stop();
-        this.#opts.onPassivated?.(cell.kind.kind);
-        await this.#ownership.release(stream);
+        this.#unload(cell);
         n++;
       }
     }
@@ -329,12 +318,7 @@ export class ActorHost {
     // Messages to actors that do not exist must not pin memory until the next sweep, and
     // settled actors (finished tasks) are unlikely to be needed again soon.
     const settled = cell.actor !== null && !cell.stale && cell.kind.settled?.(cell.actor.getSnapshot()) === true;
-    if ((cell.version === 0 || settled) && cell.queue.length === 0 && this.#cells.get(cell.stream) === cell) {
-      this.#cells.delete(cell.stream);
-      cell.actor?.stop();
-      this.#opts.onPassivated?.(cell.kind.kind);
-      await this.#ownership.release(cell.stream);
-    }
+    if ((cell.version === 0 || settled) && cell.queue.length === 0 && this.#cells.get(cell.stream) === cell) this.#unload(cell);
     this.#trim();
   }
 
@@ -483,6 +467,21 @@ export class ActorHost {
           break;
       }
     }
+  }
+
+  /**
+   * Runs a system event (a timer, an outbox message) if the machine accepts it now; otherwise
+   * commits only `consumed`, so the timer or message is not delivered again.
+   */
+  async #turnOrConsume(
+    cell: Cell,
+    event: { type: string } & Record<string, unknown>,
+    opts: TurnOptions,
+    consumed: Pick<CommitItem, 'firedTimers' | 'outboxDone'>,
+  ): Promise<TurnResult | typeof DUPLICATE | undefined> {
+    if (cell.actor!.getSnapshot().can({ ...event, at: this.#now(), by: opts.principal })) return this.#turn(cell, event, opts);
+    await this.#commitBare(cell, consumed);
+    return undefined;
   }
 
   async #commitBare(cell: Cell, patch: Pick<CommitItem, 'firedTimers' | 'outboxDone'>): Promise<void> {

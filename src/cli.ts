@@ -2,14 +2,13 @@ import fs from 'node:fs';
 import { isDeepStrictEqual } from 'node:util';
 import { parseArgs } from 'node:util';
 import { replay, replayPersisted } from '../actors/replay.js';
-import { addressOf, type ActorKind } from '../actors/ActorKind.js';
+import { addressOf } from '../actors/ActorKind.js';
 import type { Store } from '../actors/Store.js';
 import { Roles, type Role } from '../protocol/model.js';
 import { protocolJsonSchema } from '../protocol/schema.js';
 import { Authenticator } from './auth/Authenticator.js';
 import { loadConfig } from './config.js';
-import { agentKind } from './kinds/agentKind.js';
-import { taskKind } from './kinds/taskKind.js';
+import { actorKinds } from './kinds/index.js';
 import { openStore } from './storage/openStore.js';
 
 const HELP = `troupe — command line tools for a Troupe store
@@ -43,13 +42,13 @@ function fail(message: string): never {
  * snapshot (at the snapshot's version) and with the read model row (at the stream's head).
  */
 export async function verifyStore(store: Store): Promise<{ streams: number; snapshots: number; mismatches: string[] }> {
-  const kinds: Record<string, ActorKind> = { task: taskKind as unknown as ActorKind, agent: agentKind as unknown as ActorKind };
+  const kinds = new Map(actorKinds.map((k) => [k.kind, k]));
   const mismatches: string[] = [];
   let streams = 0;
   let snapshots = 0;
   for (const stream of await store.listStreams()) {
     const address = addressOf(stream);
-    const kind = kinds[address.kind];
+    const kind = kinds.get(address.kind);
     if (!kind) continue;
     streams++;
     const events = await store.readStream(stream);

@@ -1,11 +1,10 @@
 import type { SnapshotFrom } from 'xstate';
-import { DUPLICATE } from '../../actors/ActorHost.js';
 import type { ViewQuery } from '../../actors/Store.js';
 import { agentMachine } from '../../machines/agentMachine.js';
 import { ProtocolError } from '../../protocol/errors.js';
 import type { Agent, Principal } from '../../protocol/model.js';
 import { agentResource } from '../kinds/agentKind.js';
-import { hasRole, requireRole, type App, type AuthedContext, type Handlers } from '../server/App.js';
+import { applied, hasRole, queryPage, requireRole, type App, type AuthedContext, type Handlers } from '../server/App.js';
 
 type AgentSnapshot = SnapshotFrom<typeof agentMachine>;
 
@@ -27,8 +26,8 @@ export function agentHandlers(app: App): Handlers {
       principal: ctx.principal.principalId,
       correlationId: ctx.correlationId,
     });
-    if (r === DUPLICATE) throw new ProtocolError('INTERNAL', 'Unexpected duplicate event.');
-    return agentResource((r.snapshot as AgentSnapshot).context.agent, r.version);
+    const { snapshot, version } = applied(r);
+    return agentResource((snapshot as AgentSnapshot).context.agent, version);
   }
 
   return {
@@ -55,15 +54,7 @@ export function agentHandlers(app: App): Handlers {
       const q: ViewQuery = { limit, cursor };
       if (status) q.status = status;
       if (capability) q.text = ` ${capability.toLowerCase()} `;
-      try {
-        const res = await store.queryViews(ctx.principal.tenantId, 'agent', q);
-        return { items: res.items.map((v) => v.doc as unknown as Agent), nextCursor: res.nextCursor };
-      } catch (e) {
-        if ((e as Error).message.startsWith('invalid cursor')) {
-          throw new ProtocolError('INVALID_PARAMS', 'The cursor is not one this server issued; start again without it.', { field: 'cursor' });
-        }
-        throw e;
-      }
+      return queryPage<Agent>(store, ctx.principal.tenantId, 'agent', q);
     },
 
     'agent.heartbeat': async (ctx, { agentId }) => {

@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import { uuidv7 } from '../../actors/uuidv7.js';
 import type { SnapshotFrom } from 'xstate';
-import { DUPLICATE, IdempotencyConflict, type TurnResult } from '../../actors/ActorHost.js';
+import { IdempotencyConflict, type TurnResult } from '../../actors/ActorHost.js';
 import type { ViewQuery, ViewRecord } from '../../actors/Store.js';
 import type { TaskChanges } from '../../machines/taskMachine.js';
 import { taskMachine } from '../../machines/taskMachine.js';
@@ -11,7 +11,7 @@ import type { Principal, Task, TaskStatus } from '../../protocol/model.js';
 import { taskResource } from '../kinds/taskKind.js';
 import { leafState } from '../kinds/stateName.js';
 import { toActorEvent } from '../server/SubscriptionHub.js';
-import { hasRole, requireRole, type App, type AuthedContext, type Handlers } from '../server/App.js';
+import { applied, hasRole, queryPage, requireRole, type App, type AuthedContext, type Handlers } from '../server/App.js';
 
 type TaskSnapshot = SnapshotFrom<typeof taskMachine>;
 type TaskEventInput = { type: string } & Record<string, unknown>;
@@ -90,19 +90,13 @@ export function taskHandlers(app: App): Handlers {
         if (!ok) throw forbidden(p, who, action, s);
       },
     });
-    if (r === DUPLICATE) throw new ProtocolError('INTERNAL', 'Unexpected duplicate event.');
-    return fromTurn(r);
+    return fromTurn(applied(r));
   }
 
   async function create(ctx: AuthedContext, params: ParamsOf<'task.create'>): Promise<Task> {
     const p = ctx.principal;
     requireRole(p, 'create tasks', 'admin', 'agent');
     const { idempotencyKey, ...fields } = params;
-    futureDeadline(fields.deadline);
-    if (fields.assignTo) await agentMustExist(p, fields.assignTo);
-    if (fields.parentTaskId && !(await store.getView(p.tenantId, 'task', fields.parentTaskId))) {
-      throw new ProtocolError('NOT_FOUND', `Parent task ${fields.parentTaskId} does not exist.`, { kind: 'task', id: fields.parentTaskId });
-    }
     const key = idempotencyKey === undefined ? undefined : `${p.principalId}\n${idempotencyKey}`;
     const requestHash = createHash('sha256').update(canonicalJson(fields)).digest('hex');
 
@@ -120,8 +114,14 @@ export function taskHandlers(app: App): Handlers {
       return fromView(view);
     };
 
+    // A retried create answers with its task even when, say, its deadline has passed since.
     const earlier = await replayed();
     if (earlier) return earlier;
+    futureDeadline(fields.deadline);
+    if (fields.assignTo) await agentMustExist(p, fields.assignTo);
+    if (fields.parentTaskId && !(await store.getView(p.tenantId, 'task', fields.parentTaskId))) {
+      throw new ProtocolError('NOT_FOUND', `Parent task ${fields.parentTaskId} does not exist.`, { kind: 'task', id: fields.parentTaskId });
+    }
     const id = uuidv7(app.now());
     try {
       const r = await host.send<typeof taskMachine>(
@@ -134,8 +134,7 @@ export function taskHandlers(app: App): Handlers {
           idempotency: key ? { tenant: p.tenantId, key, requestHash, createdAt: app.now(), result: () => ({ taskId: id }) } : undefined,
         },
       );
-      if (r === DUPLICATE) throw new ProtocolError('INTERNAL', 'Unexpected duplicate event.');
-      return fromTurn(r);
+      return fromTurn(applied(r));
     } catch (e) {
       if (e instanceof IdempotencyConflict) {
         const t = await replayed();
@@ -162,17 +161,7 @@ export function taskHandlers(app: App): Handlers {
     return q;
   }
 
-  async function page(p: Principal, q: ViewQuery) {
-    try {
-      const res = await store.queryViews(p.tenantId, 'task', q);
-      return { items: res.items.map(fromView), nextCursor: res.nextCursor };
-    } catch (e) {
-      if ((e as Error).message.startsWith('invalid cursor')) {
-        throw new ProtocolError('INVALID_PARAMS', 'The cursor is not one this server issued; start again without it.', { field: 'cursor' });
-      }
-      throw e;
-    }
-  }
+  const page = (p: Principal, q: ViewQuery) => queryPage<Task>(store, p.tenantId, 'task', q);
 
   return {
     'task.create': create,

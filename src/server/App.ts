@@ -1,9 +1,10 @@
 import type { z } from 'zod';
-import type { ActorHost } from '../../actors/ActorHost.js';
-import type { Store } from '../../actors/Store.js';
+import type { AnyStateMachine } from 'xstate';
+import { DUPLICATE, type ActorHost, type TurnResult } from '../../actors/ActorHost.js';
+import type { Store, ViewQuery } from '../../actors/Store.js';
 import { ProtocolError } from '../../protocol/errors.js';
 import type { MethodName, MethodResults, MethodSchemas } from '../../protocol/methods.js';
-import type { Principal, Role } from '../../protocol/model.js';
+import type { Page, Principal, Role } from '../../protocol/model.js';
 import type { Authenticator } from '../auth/Authenticator.js';
 import type { Logger } from '../logger.js';
 import type { Connection } from './Connection.js';
@@ -42,6 +43,31 @@ export type Handler<M extends MethodName> = (
 
 /** Implementations of some methods. */
 export type Handlers = { [M in MethodName]?: Handler<M> };
+
+/**
+ * A page of read-model documents. A cursor the store cannot decode is the client's mistake, so
+ * it becomes INVALID_PARAMS rather than a server error.
+ */
+export async function queryPage<T>(store: Store, tenant: string, kind: string, query: ViewQuery): Promise<Page<T>> {
+  try {
+    const res = await store.queryViews(tenant, kind, query);
+    return { items: res.items.map((v) => v.doc as unknown as T), nextCursor: res.nextCursor };
+  } catch (e) {
+    if ((e as Error).message.startsWith('invalid cursor')) {
+      throw new ProtocolError('INVALID_PARAMS', 'The cursor is not one this server issued; start again without it.', { field: 'cursor' });
+    }
+    throw e;
+  }
+}
+
+/**
+ * The result of a turn sent without an event id. DUPLICATE only answers sends that reuse an
+ * event id (outbox deliveries), so here it would be a server fault.
+ */
+export function applied<M extends AnyStateMachine>(r: TurnResult<M> | typeof DUPLICATE): TurnResult<M> {
+  if (r === DUPLICATE) throw new ProtocolError('INTERNAL', 'Unexpected duplicate event.');
+  return r;
+}
 
 /** True if the principal has any of the roles. */
 export function hasRole(p: Principal, ...roles: Role[]): boolean {

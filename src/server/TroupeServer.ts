@@ -20,13 +20,11 @@ import {
 import { MethodSchemas, isMethodName, type MethodName } from '../../protocol/methods.js';
 import { protocolJsonSchema } from '../../protocol/schema.js';
 import type { Principal } from '../../protocol/model.js';
-import { machines } from '../../machines/index.js';
 import { Authenticator, type Credential } from '../auth/Authenticator.js';
 import { agentHandlers } from '../handlers/agents.js';
 import { sessionHandlers } from '../handlers/session.js';
 import { taskHandlers } from '../handlers/tasks.js';
-import { agentKind } from '../kinds/agentKind.js';
-import { taskKind } from '../kinds/taskKind.js';
+import { actorKinds } from '../kinds/index.js';
 import { createLogger, type Logger } from '../logger.js';
 import { Metrics, methodLabel } from '../observability/Metrics.js';
 import type { App, AuthedContext, Handler, Handlers } from './App.js';
@@ -134,7 +132,7 @@ export class TroupeServer {
     this.host = new ActorHost({
       store,
       ownership: opts.ownership ?? new LocalOwnership(store),
-      kinds: [taskKind, agentKind],
+      kinds: [...actorKinds],
       idleMs: opts.idleMs,
       maxActive: opts.maxActiveActors,
       now,
@@ -273,7 +271,7 @@ export class TroupeServer {
         return;
       }
       case '/machines':
-        return json(200, Object.fromEntries(Object.entries(machines).map(([k, m]) => [k, m.toJSON()])));
+        return json(200, Object.fromEntries(actorKinds.map((k) => [k.kind, k.machine.toJSON()])));
       case '/protocol.json':
         return json(200, protocolJsonSchema());
       case '/':
@@ -445,7 +443,8 @@ export class TroupeServer {
       throw new ProtocolError('METHOD_NOT_FOUND', `There is no method "${method}". GET /protocol.json lists them all.`, { method });
     }
     // An unauthenticated connection can do nothing else, not even have its params checked.
-    if (!conn.principal && method !== 'ping' && method !== 'session.authenticate') {
+    const principal = conn.principal;
+    if (!principal && method !== 'ping' && method !== 'session.authenticate') {
       throw new ProtocolError('UNAUTHENTICATED', 'Authenticate first: send an Authorization header on connect or call session.authenticate.');
     }
     const parsed = MethodSchemas[method].safeParse(req.params ?? {});
@@ -462,12 +461,10 @@ export class TroupeServer {
       // Re-authenticating as the same principal keeps the connection's first credential.
       return conn.principal ?? v.principal;
     }
-    if (!conn.principal) {
-      throw new ProtocolError('UNAUTHENTICATED', 'Authenticate first: send an Authorization header on connect or call session.authenticate.');
-    }
     const handler = this.#handlers[method] as Handler<MethodName> | undefined;
     if (!handler) throw new ProtocolError('METHOD_NOT_FOUND', `The method "${method}" is not available on this server.`, { method });
-    const ctx: AuthedContext = { principal: conn.principal, conn, correlationId };
+    // Every method left needs the principal checked above.
+    const ctx: AuthedContext = { principal: principal!, conn, correlationId };
     return handler(ctx, params as never);
   }
 
@@ -480,6 +477,6 @@ export class TroupeServer {
     }
     // pino's err serializer keeps the stack.
     log.error({ err: e }, 'handler failed');
-    return new ProtocolError('INTERNAL', `The server failed while handling ${method}; the change was not applied.`);
+    return new ProtocolError('INTERNAL', `The server failed while handling ${method}; read the resource to see whether it changed before retrying.`);
   }
 }

@@ -515,3 +515,26 @@ function parseCsv(text: string): string[][] {
 
 tasksSuite('memory');
 tasksSuite('sqlite');
+
+const retried = suite('task.create retried with its idempotency key');
+
+retried('answers with the task it created, even once the deadline it asked for has passed', async () => {
+  let now = Date.now();
+  const ts = await startServer({ now: () => now });
+  try {
+    const lead = await ts.client('idem', 'lead', ['admin']);
+    const params = { type: 'x', title: 'due soon', deadline: new Date(now + 60_000).toISOString(), idempotencyKey: 'k-1' };
+    const first = await lead.call('task.create', params);
+    now += 120_000;
+    const again = await lead.call('task.create', params);
+    assert.is(again.id, first.id);
+    // Without the key the same params are refused: the deadline is in the past now.
+    const { idempotencyKey: _k, ...fresh } = params;
+    await refusal(lead.call('task.create', fresh), ErrorCodes.INVALID_PARAMS);
+    assert.is((await lead.call('task.search', { type: 'x' })).items.length, 1);
+  } finally {
+    await ts.close();
+  }
+});
+
+retried.run();

@@ -160,14 +160,8 @@ export class SqliteStore implements Store {
     if (!Number.isInteger(keep) || keep < 1) {
       throw new TypeError(`snapshotsKeep must be an integer >= 1, got ${String(keep)}`);
     }
-    const db = new Database(options.path);
+    const db = openDatabase(options.path, synchronous);
     try {
-      db.pragma('journal_mode = WAL');
-      db.pragma(`synchronous = ${synchronous}`);
-      db.pragma('busy_timeout = 5000');
-      // Every commit call runs in its own savepoint, whose sub-journal otherwise spills to a temp
-      // file (a pwrite per touched page); in memory it costs a memcpy. Durability is unaffected.
-      db.pragma('temp_store = MEMORY');
       migrate(db);
     } catch (err) {
       db.close();
@@ -587,6 +581,23 @@ export class SqliteWriter {
     return { ok: true, positions, feedPositions };
   }
 
+}
+
+/** Opens a connection with the settings every connection of the store uses (WAL, durability, locking). */
+export function openDatabase(path: string, synchronous: string): Database.Database {
+  const db = new Database(path);
+  try {
+    db.pragma('journal_mode = WAL');
+    db.pragma(`synchronous = ${synchronous}`);
+    db.pragma('busy_timeout = 5000');
+    // A commit that falls back to savepoints keeps their sub-journals in memory instead of a temp
+    // file (a pwrite per touched page). Durability is unaffected.
+    db.pragma('temp_store = MEMORY');
+  } catch (err) {
+    db.close();
+    throw err;
+  }
+  return db;
 }
 
 /** Creates or checks the schema; safe on every open. */

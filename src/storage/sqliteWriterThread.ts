@@ -1,18 +1,15 @@
 import { parentPort, workerData } from 'node:worker_threads';
-import Database from 'better-sqlite3';
 import type { CommitItem } from '../../actors/Store.js';
-import { SqliteWriter, prepareItem } from './SqliteStore.js';
+import { SqliteWriter, openDatabase, prepareItem } from './SqliteStore.js';
 
 /**
- * The writer thread of a `SqliteStore` in worker mode (started through sqliteWriterWorker.mjs): it owns the only write connection, writes
- * each batch it receives in one transaction, and answers with the outcomes once it is durable.
+ * The writer thread of a `SqliteStore` in worker mode (started through sqliteWriterWorker.mjs):
+ * it writes every commit, each batch it receives in one transaction, and answers with the
+ * outcomes once they are durable. (The main thread's connection only makes rare writes: keys,
+ * tenants, counters, outbox acknowledgements.)
  */
 const { path, synchronous, snapshotsKeep } = workerData as { path: string; synchronous: string; snapshotsKeep: number };
-const db = new Database(path);
-db.pragma('journal_mode = WAL');
-db.pragma(`synchronous = ${synchronous}`);
-db.pragma('busy_timeout = 5000');
-db.pragma('temp_store = MEMORY');
+const db = openDatabase(path, synchronous);
 const writer = new SqliteWriter(db, snapshotsKeep);
 
 parentPort!.on('message', (m: { id: number; calls: string[] } | { close: true }) => {

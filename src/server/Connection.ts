@@ -62,7 +62,11 @@ export class Connection {
 
   /** Sends a server push, or queues it behind the reply of the request that caused it. */
   notify(n: RpcNotification, causedBy?: string): void {
-    const frame = JSON.stringify(n);
+    this.notifyFrame(JSON.stringify(n), causedBy);
+  }
+
+  /** Like {@link notify}, for a notification already serialised (fan-out encodes an event once). */
+  notifyFrame(frame: string, causedBy?: string): void {
     if (this.#queue.length === 0 && (causedBy === undefined || !this.#pending.has(causedBy))) {
       this.#write(frame);
       return;

@@ -137,18 +137,20 @@ export class SubscriptionHub {
   publish(events: StoredEvent[], topics: string[][]): void {
     for (let i = 0; i < events.length; i++) {
       const e = events[i]!;
+      // Encoded once however many subscribers receive it.
+      let json: string | undefined;
       for (const topic of topics[i] ?? []) {
         const set = this.#byKey.get(`${e.tenant}\n${topic}`);
         if (!set) continue;
         for (const sub of set) {
           if (sub.backlog) sub.backlog.push(e);
-          else if (e.position > sub.last) this.#send(sub, e);
+          else if (e.position > sub.last) this.#send(sub, e, (json ??= JSON.stringify(toActorEvent(e))));
         }
       }
     }
   }
 
-  #send(sub: Subscription, e: StoredEvent): void {
+  #send(sub: Subscription, e: StoredEvent, eventJson = JSON.stringify(toActorEvent(e))): void {
     // A subscription dropped for overflow (possibly half way through a catch-up page) sends nothing more.
     if (sub.conn.closed || !this.#byId.has(sub.id)) return;
     if (sub.conn.bufferedAmount > this.#maxBuffered) {
@@ -167,13 +169,10 @@ export class SubscriptionHub {
       return;
     }
     sub.last = e.position;
-    sub.conn.notify(
-      {
-        jsonrpc: '2.0',
-        method: SUBSCRIPTION_EVENT,
-        params: { subscriptionId: sub.id, topic: sub.topic, position: e.position, event: toActorEvent(e) },
-      },
-      sub.heldBy ?? e.meta.correlationId,
-    );
+    // The same shape as a notification object, with the event's JSON spliced in.
+    const frame =
+      `{"jsonrpc":"2.0","method":"${SUBSCRIPTION_EVENT}","params":{"subscriptionId":${JSON.stringify(sub.id)},` +
+      `"topic":${JSON.stringify(sub.topic)},"position":${e.position},"event":${eventJson}}}`;
+    sub.conn.notifyFrame(frame, sub.heldBy ?? e.meta.correlationId);
   }
 }

@@ -1,5 +1,10 @@
 import type { ActorHost } from './ActorHost.js';
-import type { OutboxRecord } from './Store.js';
+import type { OutboxRecord, TimerRecord } from './Store.js';
+
+/** Identifies one scheduling of a timer. */
+function timerKey(t: TimerRecord): string {
+  return `${t.stream}#${t.name}#${t.fireAt}`;
+}
 
 /** setTimeout cannot wait longer than this. */
 const MAX_DELAY_MS = 2_147_483_647;
@@ -93,14 +98,19 @@ export class TimerService {
     try {
       for (;;) {
         const now = this.#now();
-        const due = (await this.#host.store.dueTimers(now, this.#batch)).filter((t) => {
-          const key = `${t.stream}#${t.name}#${t.fireAt}`;
+        const rows = await this.#host.store.dueTimers(now, this.#batch);
+        if (rows.length < this.#batch) {
+          // A complete answer: back-off entries of timers no longer due were consumed or cancelled.
+          const present = new Set(rows.map(timerKey));
+          for (const [key, b] of this.#backoff) if (b.retryAt <= now && !present.has(key)) this.#backoff.delete(key);
+        }
+        const due = rows.filter((t) => {
+          const key = timerKey(t);
           return !this.#inFlight.has(key) && (this.#backoff.get(key)?.retryAt ?? 0) <= now;
         });
-        if (due.length === 0) break;
         await Promise.all(
           due.map(async (t) => {
-            const key = `${t.stream}#${t.name}#${t.fireAt}`;
+            const key = timerKey(t);
             this.#inFlight.add(key);
             try {
               await this.#host.fireTimer(t);
@@ -115,7 +125,8 @@ export class TimerService {
             }
           }),
         );
-        if (due.length < this.#batch || this.#closed) break;
+        // Another page may be due; a page with nothing deliverable ends the wake (no spinning).
+        if (rows.length < this.#batch || due.length === 0 || this.#closed) break;
       }
     } finally {
       this.#running = false;

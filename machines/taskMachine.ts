@@ -140,6 +140,14 @@ const attemptEndings = {
   ],
 } as const;
 
+/** A finished task (completed, cancelled, timed out) can only be archived or deleted. */
+const finished = {
+  on: {
+    'task.archive': { guard: 'notArchived', actions: 'archive' },
+    'task.delete': 'deleted',
+  },
+} as const;
+
 /**
  * The lifecycle of one task (DESIGN §2): `pending → assigned → accepted → in_progress →
  * completed`, with rejection back to pending, input requests, failures that retry with durable
@@ -168,6 +176,8 @@ export const taskMachine = setup({
       const e = event as E<'timer.fired'>;
       return e.name === params.name && context.timers[params.name] === e.fireAt;
     },
+    notArchived: ({ context }) => !context.task.archived,
+    archivableAfterFailure: ({ context }) => context.task.retryAt === null && !context.task.archived,
     attemptTimerWithRetriesLeft: ({ context, event }) => {
       const e = event as E<'timer.fired'>;
       return e.name === 'timeout' && context.timers.timeout === e.fireAt && context.task.retryCount < context.task.maxRetries;
@@ -432,28 +442,14 @@ export const taskMachine = setup({
           },
         ],
         'task.cancel': { target: 'cancelled', actions: ['finish', 'cancelAllTimers', 'forgetTimers'] },
-        'task.archive': { guard: ({ context }) => context.task.retryAt === null && !context.task.archived, actions: 'archive' },
+        // A task waiting for its automatic retry is not finished yet.
+        'task.archive': { guard: 'archivableAfterFailure', actions: 'archive' },
         'task.delete': { target: 'deleted', actions: ['cancelAllTimers', 'forgetTimers'] },
       },
     },
-    completed: {
-      on: {
-        'task.archive': { guard: ({ context }) => !context.task.archived, actions: 'archive' },
-        'task.delete': 'deleted',
-      },
-    },
-    cancelled: {
-      on: {
-        'task.archive': { guard: ({ context }) => !context.task.archived, actions: 'archive' },
-        'task.delete': 'deleted',
-      },
-    },
-    timed_out: {
-      on: {
-        'task.archive': { guard: ({ context }) => !context.task.archived, actions: 'archive' },
-        'task.delete': 'deleted',
-      },
-    },
+    completed: finished,
+    cancelled: finished,
+    timed_out: finished,
     deleted: { type: 'final' },
   },
 });

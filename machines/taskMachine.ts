@@ -1,5 +1,6 @@
-import { assign, emit, setup } from 'xstate';
-import type { Delegation, DelegationKind, Task, TaskPriority } from '../protocol/model.js';
+import { assign, emit, enqueueActions, setup } from 'xstate';
+import type { AssignmentStrategy, Delegation, DelegationKind, Distribution, LeaseExpiry, Task, TaskPriority } from '../protocol/model.js';
+import { initialActivations, markActive, settle, type SubtaskOutcome } from './distribution.js';
 import { iso, type Effect, type Stamp, type TimerFired } from './effects.js';
 
 /** The task record a task actor holds; `status` and `version` come from the actor itself. */
@@ -9,6 +10,8 @@ export type TaskData = Omit<Task, 'status' | 'a2aState' | 'version'>;
 export interface TaskContext {
   task: TaskData;
   timers: Record<string, number>;
+  /** While staged: the agent the task goes to when activated. */
+  stagedAssignee?: string | null;
 }
 
 /** Fields a task is created with (already validated and defaulted by the caller). */
@@ -29,6 +32,15 @@ export interface TaskCreateFields {
   timeoutSeconds?: number;
   /** ISO 8601. */
   deadline?: string;
+  autoAssign?: boolean;
+  assignmentStrategy?: AssignmentStrategy;
+  offerTimeoutSeconds?: number;
+  leaseSeconds?: number;
+  onLeaseExpired?: LeaseExpiry;
+  /** Makes the task the parent of a distributed task. */
+  distribution?: Distribution;
+  /** Created invisible, to be activated (or deleted) later: how task trees appear all at once. */
+  staged?: boolean;
 }
 
 /** Fields `task.update` may change. */
@@ -49,7 +61,12 @@ export type TaskEvent = Stamp &
   (
     | ({ type: 'task.create' } & TaskCreateFields)
     | { type: 'task.update'; changes: TaskChanges }
-    | { type: 'task.assign'; agentId: string; reason?: string; kind?: DelegationKind }
+    | { type: 'task.assign'; agentId: string; reason?: string; kind?: DelegationKind; strategy?: string }
+    | { type: 'task.delegate'; agentId: string; reason?: string; kind?: DelegationKind }
+    | { type: 'task.activate'; input?: unknown }
+    | { type: 'task.awaitAgent'; reason: string; retryAt: number }
+    | { type: 'task.renewLease'; until: number }
+    | ({ type: 'task.subtaskSettled' } & SubtaskOutcome)
     | { type: 'task.accept' }
     | { type: 'task.reject'; reason?: string }
     | { type: 'task.start' }
@@ -95,6 +112,17 @@ const emptyTask: TaskData = {
   deadline: null,
   delegations: [],
   rejections: [],
+  autoAssign: false,
+  assignmentStrategy: null,
+  assignmentRound: 0,
+  waitingForAgent: null,
+  offerTimeoutSeconds: null,
+  offerExpiresAt: null,
+  leaseSeconds: null,
+  leaseExpiresAt: null,
+  onLeaseExpired: 'reoffer',
+  releasedBy: null,
+  distribution: null,
   archived: false,
   createdAt: '',
   updatedAt: '',
@@ -113,38 +141,119 @@ export function retryDelayMs(baseMs: number, attempt: number): number {
 
 const touch = (task: TaskData, at: number, patch: Partial<TaskData>): TaskData => ({ ...task, ...patch, updatedAt: iso(at) });
 
-/**
- * How a running attempt (in progress or waiting for input) ends badly: a failure, or its timeout.
- * Either is retried after a durable back-off while attempts remain.
- */
-const attemptEndings = {
-  'task.fail': [
+/** The statuses a subtask reports to its parent when it settles. */
+type Settled = 'completed' | 'failed' | 'cancelled' | 'timed_out';
+
+/** What an operation changes besides the task: timers to (re)arm or cancel, messages to send. */
+interface Change {
+  task?: TaskData;
+  schedule?: Record<string, number>;
+  cancel?: string[];
+  send?: { kind: string; id: string; event: { type: string } & Record<string, unknown> }[];
+  /** Forget every timer (the task is finished). */
+  clearTimers?: boolean;
+}
+
+/** Applies a {@link Change}: effects are emitted and the timer memory follows them. */
+function applyChange(ctx: TaskContext, c: Change): { context: Pick<TaskContext, 'task' | 'timers'>; effects: Effect[] } {
+  const effects: Effect[] = [];
+  let timers = { ...ctx.timers };
+  const cancel = c.clearTimers ? Object.keys(timers) : (c.cancel ?? []).filter((n) => n in timers && !(c.schedule && n in c.schedule));
+  if (cancel.length > 0) effects.push({ type: 'fx.timer.cancel', names: cancel });
+  if (c.clearTimers) timers = {};
+  else for (const n of cancel) delete timers[n];
+  for (const [name, fireAt] of Object.entries(c.schedule ?? {})) {
+    effects.push({ type: 'fx.timer.schedule', name, fireAt });
+    timers[name] = fireAt;
+  }
+  for (const m of c.send ?? []) effects.push({ type: 'fx.send', kind: m.kind, id: m.id, event: m.event });
+  return { context: { task: c.task ?? ctx.task, timers }, effects };
+}
+
+/** The message a subtask sends its parent when it settles (none for tasks without a parent). */
+function parentNotice(task: TaskData, status: Settled): Change['send'] {
+  if (!task.parentTaskId) return [];
+  return [
     {
-      guard: 'retriesLeft',
-      target: '#task.failed',
-      actions: ['fail', 'cancelAttemptTimeout', 'clearAttemptTimeout', 'scheduleRetry', 'rememberRetry'],
+      kind: 'task',
+      id: task.parentTaskId,
+      event: { type: 'task.subtaskSettled', subtaskId: task.id, status, result: task.result, error: task.error, agent: task.assignedTo },
     },
-    { target: '#task.failed', actions: ['fail', 'cancelAllTimers', 'forgetTimers'] },
-  ],
-  'timer.fired': [
-    {
-      guard: 'attemptTimerWithRetriesLeft',
-      target: '#task.failed',
-      actions: ['failByTimeout', 'clearAttemptTimeout', 'scheduleRetry', 'rememberRetry'],
-    },
-    {
-      guard: { type: 'isTimer', params: { name: 'timeout' } },
-      target: '#task.timed_out',
-      actions: ['failByTimeout', 'cancelAllTimers', 'forgetTimers'],
-    },
-  ],
-} as const;
+  ];
+}
+
+/** Cancels a parent's unsettled subtasks. */
+function cancelSubtasks(task: TaskData, ids: string[] | null, reason: string): NonNullable<Change['send']> {
+  const d = task.distribution;
+  if (!d) return [];
+  const targets = ids ?? d.subtasks.filter((s) => s.status === 'waiting' || s.status === 'active').map((s) => s.id);
+  return targets.map((id) => ({ kind: 'task', id, event: { type: 'task.cancel', reason } }));
+}
+
+/** Offers to an auto-assigned task that just became pending: the assignment timer fires at once. */
+function assignNow(task: TaskData, at: number): Record<string, number> {
+  return task.autoAssign ? { assign: at } : {};
+}
+
+/** Timers of an offer: its expiry, if the task has an offer timeout. */
+function offerTimers(task: TaskData, at: number): Record<string, number> {
+  return task.offerTimeoutSeconds !== null ? { offer: at + task.offerTimeoutSeconds * 1000 } : {};
+}
+
+function leaseUntil(task: TaskData, at: number): number | null {
+  return task.leaseSeconds !== null ? at + task.leaseSeconds * 1000 : null;
+}
+
+/** A task handed to `to`: the chain of custody grows by one link. */
+function handOver(task: TaskData, at: number, to: string, reason: string, kind: DelegationKind): TaskData {
+  const link: Delegation = { from: task.assignedTo ?? task.releasedBy?.agentId ?? null, to, reason, kind, at: iso(at) };
+  const offerUntil = task.offerTimeoutSeconds !== null ? iso(at + task.offerTimeoutSeconds * 1000) : null;
+  return touch(task, at, {
+    assignedTo: to,
+    assignedAt: iso(at),
+    acceptedAt: null,
+    startedAt: null,
+    leaseExpiresAt: null,
+    offerExpiresAt: offerUntil,
+    waitingForAgent: null,
+    delegations: [...task.delegations, link],
+  });
+}
+
+/** The agent gives the task back (declined, let the offer lapse, or lost its lease). */
+function release(task: TaskData, at: number, why: 'rejected' | 'offer_expired' | 'lease_expired', reason: string, by: string): TaskData {
+  const holder = task.assignedTo ?? by;
+  return touch(task, at, {
+    assignedTo: null,
+    assignedAt: null,
+    acceptedAt: null,
+    startedAt: null,
+    offerExpiresAt: null,
+    leaseExpiresAt: null,
+    releasedBy: { agentId: holder, why },
+    rejections: [...task.rejections, { by: holder, reason, at: iso(at), round: task.assignmentRound }],
+  });
+}
+
+/** How an attempt that was failed (by the agent, its timeout or a lost lease) ends. */
+function failAttempt(ctx: TaskContext, at: number, error: string, retryable: boolean, final: Settled): Change {
+  const t = ctx.task;
+  const retry = retryable && t.retryCount < t.maxRetries;
+  const base = touch(t, at, { error, completedAt: iso(at), inputRequest: null, leaseExpiresAt: null, offerExpiresAt: null });
+  if (retry) {
+    const fireAt = at + retryDelayMs(t.retryBackoffMs, t.retryCount);
+    return { task: { ...base, retryAt: iso(fireAt) }, cancel: ['timeout', 'lease', 'offer'], schedule: { retry: fireAt } };
+  }
+  return { task: base, clearTimers: true, send: parentNotice(base, final) };
+}
 
 /** A finished task (completed, cancelled, timed out) can only be archived or deleted. */
 const finished = {
   on: {
     'task.archive': { guard: 'notArchived', actions: 'archive' },
     'task.delete': 'deleted',
+    // A parent that already decided ignores late reports of its subtasks.
+    'task.subtaskSettled': {},
   },
 } as const;
 
@@ -152,7 +261,11 @@ const finished = {
  * The lifecycle of one task (DESIGN §2): `pending → assigned → accepted → in_progress →
  * completed`, with rejection back to pending, input requests, failures that retry with durable
  * back-off while attempts remain, per-attempt timeouts, an absolute deadline, cancellation,
- * archiving and deletion. Pure: time and ids arrive inside events; timers are effects.
+ * archiving and deletion. An agent holding a task does so under a lease; an offer may expire;
+ * auto-assigned tasks ask the server for an agent through a durable `assign` timer whenever they
+ * are pending. A parent of a distributed task coordinates its subtasks (see `distribution.ts`),
+ * and every subtask reports to its parent when it settles. Pure: time and ids arrive inside
+ * events; timers and messages are effects.
  *
  * @example
  * ```ts
@@ -169,19 +282,26 @@ export const taskMachine = setup({
     emitted: {} as Effect,
   },
   guards: {
+    staged: ({ event }) => (event as E<'task.create'>).staged === true,
     hasAssignee: ({ event }) => typeof (event as E<'task.create'>).assignTo === 'string',
-    retriesLeft: ({ context, event }) =>
-      (event as E<'task.fail'>).retryable !== false && context.task.retryCount < context.task.maxRetries,
+    stagedWithAssignee: ({ context }) => typeof context.stagedAssignee === 'string',
+    isParent: ({ context }) => context.task.distribution !== null,
     isTimer: ({ context, event }, params: { name: string }) => {
       const e = event as E<'timer.fired'>;
       return e.name === params.name && context.timers[params.name] === e.fireAt;
     },
     notArchived: ({ context }) => !context.task.archived,
     archivableAfterFailure: ({ context }) => context.task.retryAt === null && !context.task.archived,
+    leaseLapsedToReoffer: ({ context, event }) => {
+      const e = event as E<'timer.fired'>;
+      return e.name === 'lease' && context.timers.lease === e.fireAt && context.task.onLeaseExpired === 'reoffer';
+    },
     attemptTimerWithRetriesLeft: ({ context, event }) => {
       const e = event as E<'timer.fired'>;
       return e.name === 'timeout' && context.timers.timeout === e.fireAt && context.task.retryCount < context.task.maxRetries;
     },
+    parentDecides: ({ context, event }, params: { verdict: 'complete' | 'fail' }) =>
+      context.task.distribution !== null && settle(context.task.distribution, event as E<'task.subtaskSettled'>).verdict === params.verdict,
   },
   actions: {
     create: assign(({ event }) => {
@@ -204,29 +324,70 @@ export const taskMachine = setup({
           retryBackoffMs: e.retryBackoffMs ?? DEFAULT_RETRY_BACKOFF_MS,
           timeoutSeconds: e.timeoutSeconds ?? null,
           deadline: e.deadline ?? null,
+          autoAssign: e.autoAssign ?? false,
+          assignmentStrategy: e.assignmentStrategy ?? null,
+          offerTimeoutSeconds: e.offerTimeoutSeconds ?? null,
+          leaseSeconds: e.leaseSeconds ?? null,
+          onLeaseExpired: e.onLeaseExpired ?? 'reoffer',
+          distribution: e.distribution ?? null,
           createdAt: at,
           updatedAt: at,
         },
         timers: {},
+        ...(e.staged ? { stagedAssignee: e.assignTo ?? null } : {}),
       };
     }),
-    assignTo: assign(({ context, event }) => {
-      const e = event as E<'task.assign'> | E<'task.create'>;
+    /** Entering pending: auto-assigned tasks ask for an agent at once. */
+    armAssign: enqueueActions(({ context, event, enqueue }) => {
+      const r = applyChange(context, { schedule: assignNow(context.task, event.at) });
+      for (const fx of r.effects) enqueue.emit(fx);
+      enqueue.assign(r.context);
+    }),
+    /** Activation of a staged task; pipelines and reducers receive their input as `parameters.input`. */
+    activate: enqueueActions(({ context, event, enqueue }) => {
+      const e = event as E<'task.activate'>;
+      const t = context.task;
+      let task = touch(t, e.at, e.input === undefined ? {} : { parameters: { ...t.parameters, input: e.input } });
+      const change: Change = {};
+      if (context.stagedAssignee) {
+        task = handOver(task, e.at, context.stagedAssignee, 'assigned at creation', 'manual');
+        change.schedule = offerTimers(task, e.at);
+      } else if (task.distribution) {
+        const ids = initialActivations(task.distribution);
+        task = { ...task, distribution: markActive(task.distribution, ids), startedAt: iso(e.at) };
+        change.send = ids.map((id) => ({ kind: 'task', id, event: { type: 'task.activate' } }));
+      } else {
+        change.schedule = assignNow(task, e.at);
+      }
+      change.task = task;
+      const r = applyChange(context, change);
+      for (const fx of r.effects) enqueue.emit(fx);
+      enqueue.assign(({ context: c }) => {
+        const { stagedAssignee: _s, ...rest } = c;
+        return { ...rest, ...r.context } as TaskContext;
+      });
+    }),
+    assignTo: enqueueActions(({ context, event, enqueue }) => {
+      const e = event as E<'task.assign'> | E<'task.create'> | E<'task.delegate'>;
       const to = e.type === 'task.create' ? e.assignTo! : e.agentId;
-      const link: Delegation = {
-        from: context.task.assignedTo,
-        to,
-        reason: (e.type === 'task.assign' && e.reason) || (e.type === 'task.create' ? 'assigned at creation' : 'assigned'),
-        kind: (e.type === 'task.assign' && e.kind) || 'manual',
-        at: iso(e.at),
-      };
-      return {
-        task: touch(context.task, e.at, {
-          assignedTo: to,
-          assignedAt: iso(e.at),
-          delegations: [...context.task.delegations, link],
-        }),
-      };
+      const reason =
+        e.type === 'task.create' ? 'assigned at creation' : e.reason || (e.type === 'task.delegate' ? 'delegated' : 'assigned');
+      const kind = (e.type !== 'task.create' && e.kind) || 'manual';
+      const task = handOver(context.task, e.at, to, reason, kind);
+      const r = applyChange(context, { task, cancel: ['assign', 'offer', 'lease', 'timeout'], schedule: offerTimers(task, e.at) });
+      for (const fx of r.effects) enqueue.emit(fx);
+      enqueue.assign(r.context);
+    }),
+    awaitAgent: enqueueActions(({ context, event, enqueue }) => {
+      const e = event as E<'task.awaitAgent'>;
+      const t = context.task;
+      const task = touch(t, e.at, {
+        assignmentRound: t.assignmentRound + 1,
+        waitingForAgent: { reason: e.reason, since: t.waitingForAgent?.since ?? iso(e.at), retryAt: iso(e.retryAt) },
+      });
+      const r = applyChange(context, { task, schedule: { assign: Math.max(e.retryAt, e.at) } });
+      for (const fx of r.effects) enqueue.emit(fx);
+      enqueue.assign(r.context);
     }),
     update: assign(({ context, event }) => {
       const e = event as E<'task.update'>;
@@ -235,29 +396,62 @@ export const taskMachine = setup({
       if (deadline !== undefined) patch.deadline = deadline;
       return { task: touch(context.task, e.at, patch) };
     }),
-    accept: assign(({ context, event }) => ({ task: touch(context.task, event.at, { acceptedAt: iso(event.at) }) })),
-    reject: assign(({ context, event }) => {
-      const e = event as E<'task.reject'>;
-      return {
-        task: touch(context.task, e.at, {
-          assignedTo: null,
-          assignedAt: null,
-          acceptedAt: null,
-          rejections: [...context.task.rejections, { by: e.by, reason: e.reason ?? '', at: iso(e.at) }],
-        }),
-      };
+    accept: enqueueActions(({ context, event, enqueue }) => {
+      const until = leaseUntil(context.task, event.at);
+      const task = touch(context.task, event.at, { acceptedAt: iso(event.at), offerExpiresAt: null, leaseExpiresAt: until === null ? null : iso(until) });
+      const r = applyChange(context, { task, cancel: ['offer'], schedule: until === null ? {} : { lease: until } });
+      for (const fx of r.effects) enqueue.emit(fx);
+      enqueue.assign(r.context);
     }),
-    start: assign(({ context, event }) => ({
-      task: touch(context.task, event.at, { startedAt: iso(event.at), error: null }),
-    })),
-    progress: assign(({ context, event }) => {
+    reject: enqueueActions(({ context, event, enqueue }) => {
+      const e = event as E<'task.reject'>;
+      const task = release(context.task, e.at, 'rejected', e.reason ?? '', e.by);
+      const r = applyChange(context, { task, cancel: ['offer', 'lease'], schedule: assignNow(task, e.at) });
+      for (const fx of r.effects) enqueue.emit(fx);
+      enqueue.assign(r.context);
+    }),
+    offerLapsed: enqueueActions(({ context, event, enqueue }) => {
+      const task = release(context.task, event.at, 'offer_expired', `did not accept within ${context.task.offerTimeoutSeconds} s`, 'system');
+      const { offer: _o, ...timers } = context.timers;
+      const r = applyChange({ ...context, timers }, { task, schedule: assignNow(task, event.at) });
+      for (const fx of r.effects) enqueue.emit(fx);
+      enqueue.assign(r.context);
+    }),
+    leaseLapsed: enqueueActions(({ context, event, enqueue }) => {
+      const holder = context.task.assignedTo;
+      const task = release(context.task, event.at, 'lease_expired', `lease of ${context.task.leaseSeconds} s expired without renewal`, 'system');
+      const { lease: _l, ...timers } = context.timers;
+      const r = applyChange({ ...context, timers }, { task: { ...task, releasedBy: { agentId: holder ?? 'unknown', why: 'lease_expired' } }, cancel: ['timeout'], schedule: assignNow(task, event.at) });
+      for (const fx of r.effects) enqueue.emit(fx);
+      enqueue.assign(r.context);
+    }),
+    renewLease: enqueueActions(({ context, event, enqueue }) => {
+      const until = (event as E<'task.renewLease'>).until;
+      if (context.task.leaseSeconds === null) return;
+      const r = applyChange(context, { task: touch(context.task, event.at, { leaseExpiresAt: iso(until) }), schedule: { lease: until } });
+      for (const fx of r.effects) enqueue.emit(fx);
+      enqueue.assign(r.context);
+    }),
+    start: enqueueActions(({ context, event, enqueue }) => {
+      const task = touch(context.task, event.at, { startedAt: iso(event.at), error: null });
+      const schedule: Record<string, number> = {};
+      if (task.timeoutSeconds !== null) schedule.timeout = event.at + task.timeoutSeconds * 1000;
+      const r = applyChange(context, { task, schedule });
+      for (const fx of r.effects) enqueue.emit(fx);
+      enqueue.assign(r.context);
+    }),
+    progress: enqueueActions(({ context, event, enqueue }) => {
       const e = event as E<'task.progress'>;
       const prev = context.task.progress ?? { percent: 0, message: '' };
-      return {
-        task: touch(context.task, e.at, {
-          progress: { percent: e.percent ?? prev.percent, message: e.message ?? prev.message },
-        }),
-      };
+      // Progress proves the agent is alive: it renews the lease too.
+      const until = leaseUntil(context.task, e.at);
+      const task = touch(context.task, e.at, {
+        progress: { percent: e.percent ?? prev.percent, message: e.message ?? prev.message },
+        ...(until !== null && 'lease' in context.timers ? { leaseExpiresAt: iso(until) } : {}),
+      });
+      const r = applyChange(context, { task, schedule: until !== null && 'lease' in context.timers ? { lease: until } : {} });
+      for (const fx of r.effects) enqueue.emit(fx);
+      enqueue.assign(r.context);
     }),
     requestInput: assign(({ context, event }) => {
       const e = event as E<'task.requestInput'>;
@@ -273,65 +467,58 @@ export const taskMachine = setup({
         }),
       };
     }),
-    complete: assign(({ context, event }) => {
+    complete: enqueueActions(({ context, event, enqueue }) => {
       const e = event as E<'task.complete'>;
-      return {
-        task: touch(context.task, e.at, { result: e.result ?? null, completedAt: iso(e.at), inputRequest: null }),
-      };
+      const task = touch(context.task, e.at, { result: e.result ?? null, completedAt: iso(e.at), inputRequest: null, leaseExpiresAt: null });
+      const r = applyChange(context, { task, clearTimers: true, send: [...parentNotice(task, 'completed')!, ...cancelSubtasks(task, null, 'the parent task was completed')] });
+      for (const fx of r.effects) enqueue.emit(fx);
+      enqueue.assign(r.context);
     }),
-    fail: assign(({ context, event }) => {
-      const e = event as E<'task.fail'>;
-      return { task: touch(context.task, e.at, { error: e.error, completedAt: iso(e.at), inputRequest: null }) };
+    /** A failure reported by the agent, a lapsed attempt timeout or a lost lease under the `fail` policy. */
+    failAttempt: enqueueActions(({ context, event, enqueue }) => {
+      let error: string;
+      let retryable = true;
+      let final: Settled = 'failed';
+      if (event.type === 'task.fail') {
+        error = event.error;
+        retryable = event.retryable !== false;
+      } else if ((event as E<'timer.fired'>).name === 'lease') {
+        error = `The agent ${context.task.assignedTo} stopped renewing its lease of ${context.task.leaseSeconds} s.`;
+      } else {
+        error = `The attempt did not finish within ${context.task.timeoutSeconds} s.`;
+        final = 'timed_out';
+      }
+      // A fired timer is consumed by its own firing: it is forgotten, not cancelled.
+      const timers = { ...context.timers };
+      if (event.type === 'timer.fired') delete timers[event.name];
+      const r = applyChange({ ...context, timers }, failAttempt({ ...context, timers }, event.at, error, retryable, final));
+      for (const fx of r.effects) enqueue.emit(fx);
+      enqueue.assign(r.context);
     }),
-    failByTimeout: assign(({ context, event }) => ({
-      task: touch(context.task, event.at, {
-        error: `The attempt did not finish within ${context.task.timeoutSeconds} s.`,
-        completedAt: iso(event.at),
-        inputRequest: null,
-      }),
-    })),
-    scheduleRetry: emit(({ context, event }) => ({
-      type: 'fx.timer.schedule' as const,
-      name: 'retry',
-      fireAt: event.at + retryDelayMs(context.task.retryBackoffMs, context.task.retryCount),
-    })),
-    rememberRetry: assign(({ context, event }) => {
-      const fireAt = event.at + retryDelayMs(context.task.retryBackoffMs, context.task.retryCount);
-      return {
-        task: { ...context.task, retryAt: iso(fireAt) },
-        timers: { ...context.timers, retry: fireAt },
-      };
+    reopen: enqueueActions(({ context, event, enqueue }) => {
+      const t = context.task;
+      const task = touch(t, event.at, {
+        retryCount: t.retryCount + 1,
+        retryAt: null,
+        assignedTo: null,
+        assignedAt: null,
+        acceptedAt: null,
+        startedAt: null,
+        completedAt: null,
+        progress: null,
+        assignmentRound: t.assignmentRound + 1,
+        waitingForAgent: null,
+      });
+      // The retry timer is consumed by its own firing; a manual retry cancels it.
+      const manual = event.type === 'task.retry';
+      const { retry: _r, ...rest } = context.timers;
+      const schedule = assignNow(task, event.at);
+      // A task that failed for good forgot its timers: a manual retry arms the deadline again.
+      if (task.deadline && !('deadline' in rest)) schedule.deadline = Date.parse(task.deadline);
+      const r = applyChange(manual ? context : { ...context, timers: rest }, { task, cancel: manual ? ['retry'] : [], schedule });
+      for (const fx of r.effects) enqueue.emit(fx);
+      enqueue.assign(r.context);
     }),
-    reopen: assign(({ context, event }) => {
-      const { retry: _r, ...timers } = context.timers;
-      return {
-        task: touch(context.task, event.at, {
-          retryCount: context.task.retryCount + 1,
-          retryAt: null,
-          assignedTo: null,
-          assignedAt: null,
-          acceptedAt: null,
-          startedAt: null,
-          completedAt: null,
-          progress: null,
-        }),
-        timers,
-      };
-    }),
-    cancelRetryTimer: emit({ type: 'fx.timer.cancel' as const, names: ['retry'] }),
-    scheduleAttemptTimeout: emit(({ context, event }) => ({
-      type: 'fx.timer.schedule' as const,
-      name: 'timeout',
-      fireAt: event.at + (context.task.timeoutSeconds ?? 0) * 1000,
-    })),
-    rememberAttemptTimeout: assign(({ context, event }) => ({
-      timers: { ...context.timers, timeout: event.at + (context.task.timeoutSeconds ?? 0) * 1000 },
-    })),
-    clearAttemptTimeout: assign(({ context }) => {
-      const { timeout: _t, ...timers } = context.timers;
-      return { timers };
-    }),
-    cancelAttemptTimeout: emit({ type: 'fx.timer.cancel' as const, names: ['timeout'] }),
     syncDeadline: emit(({ context }) =>
       context.task.deadline
         ? { type: 'fx.timer.schedule' as const, name: 'deadline', fireAt: Date.parse(context.task.deadline) }
@@ -341,24 +528,68 @@ export const taskMachine = setup({
       const { deadline: _d, ...timers } = context.timers;
       return { timers: context.task.deadline ? { ...timers, deadline: Date.parse(context.task.deadline) } : timers };
     }),
-    cancelAllTimers: emit(({ context }) => ({ type: 'fx.timer.cancel' as const, names: Object.keys(context.timers) })),
-    forgetTimers: assign({ timers: {} }),
-    finish: assign(({ context, event }) => ({
-      task: touch(context.task, event.at, {
-        error: event.type === 'task.cancel' ? (event.reason ?? 'cancelled') : context.task.error,
-        completedAt: context.task.completedAt ?? iso(event.at),
-        retryAt: null,
-        inputRequest: null,
-      }),
-    })),
-    timeOutByDeadline: assign(({ context, event }) => ({
-      task: touch(context.task, event.at, {
-        error: `The deadline ${context.task.deadline} passed.`,
-        completedAt: iso(event.at),
-        retryAt: null,
-        inputRequest: null,
-      }),
-    })),
+    /** The task ends for good (cancelled, timed out, deleted): timers go, the parent hears, subtasks stop. */
+    end: enqueueActions(({ context, event, enqueue }, params: { status: 'cancelled' | 'timed_out' | 'deleted' }) => {
+      const t = context.task;
+      let task = t;
+      if (params.status === 'cancelled') {
+        task = touch(t, event.at, {
+          error: event.type === 'task.cancel' ? (event.reason ?? 'cancelled') : t.error,
+          completedAt: t.completedAt ?? iso(event.at),
+          retryAt: null,
+          inputRequest: null,
+          leaseExpiresAt: null,
+          offerExpiresAt: null,
+        });
+      } else if (params.status === 'timed_out') {
+        task = touch(t, event.at, {
+          error: `The deadline ${t.deadline} passed.`,
+          completedAt: iso(event.at),
+          retryAt: null,
+          inputRequest: null,
+          leaseExpiresAt: null,
+          offerExpiresAt: null,
+        });
+      }
+      const why = params.status === 'timed_out' ? 'the parent task timed out' : 'the parent task was cancelled';
+      const r = applyChange(context, {
+        task,
+        clearTimers: true,
+        send: [...parentNotice(task, params.status === 'timed_out' ? 'timed_out' : 'cancelled')!, ...cancelSubtasks(task, null, why)],
+      });
+      for (const fx of r.effects) enqueue.emit(fx);
+      enqueue.assign(r.context);
+    }),
+    /** A subtask settled: record it, start what comes next, or decide the parent. */
+    settleSubtask: enqueueActions(({ context, event, enqueue }) => {
+      const t = context.task;
+      if (!t.distribution) return;
+      const e = event as E<'task.subtaskSettled'>;
+      const step = settle(t.distribution, e);
+      let task = touch(t, e.at, { distribution: step.distribution });
+      const change: Change = {
+        send: step.activate.map((a) => ({
+          kind: 'task',
+          id: a.id,
+          event: a.input === undefined ? { type: 'task.activate' } : { type: 'task.activate', input: a.input },
+        })),
+      };
+      if (step.verdict === 'complete') {
+        task = touch(task, e.at, { result: step.result ?? null, error: null, completedAt: iso(e.at) });
+        Object.assign(change, { clearTimers: true });
+        change.send!.push(...parentNotice(task, 'completed')!, ...cancelSubtasks(task, step.cancel, 'the parent task was completed'));
+      } else if (step.verdict === 'fail') {
+        task = touch(task, e.at, { error: step.error ?? 'subtasks failed', completedAt: iso(e.at) });
+        Object.assign(change, { clearTimers: true });
+        change.send!.push(...parentNotice(task, 'failed')!, ...cancelSubtasks(task, step.cancel, 'the parent task failed'));
+      } else {
+        change.send!.push(...cancelSubtasks(task, step.cancel, 'no longer needed'));
+      }
+      change.task = task;
+      const r = applyChange(context, change);
+      for (const fx of r.effects) enqueue.emit(fx);
+      enqueue.assign(r.context);
+    }),
     archive: assign(({ context, event }) => ({ task: touch(context.task, event.at, { archived: true }) })),
   },
 }).createMachine({
@@ -369,46 +600,67 @@ export const taskMachine = setup({
     draft: {
       on: {
         'task.create': [
+          { guard: 'staged', target: 'staged', actions: 'create' },
           { guard: 'hasAssignee', target: 'live.assigned', actions: ['create', 'assignTo', 'syncDeadline', 'rememberDeadline'] },
-          { target: 'live.pending', actions: ['create', 'syncDeadline', 'rememberDeadline'] },
+          { target: 'live.pending', actions: ['create', 'armAssign', 'syncDeadline', 'rememberDeadline'] },
         ],
+      },
+    },
+    /** Created but not visible yet: a part of a task tree that is still being built, or waiting for its turn. */
+    staged: {
+      on: {
+        'task.activate': [
+          { guard: 'isParent', target: 'live.in_progress', actions: ['activate', 'syncDeadline', 'rememberDeadline'] },
+          { guard: 'stagedWithAssignee', target: 'live.assigned', actions: ['activate', 'syncDeadline', 'rememberDeadline'] },
+          { target: 'live.pending', actions: ['activate', 'syncDeadline', 'rememberDeadline'] },
+        ],
+        'task.cancel': { target: 'cancelled', actions: { type: 'end', params: { status: 'cancelled' } } },
+        'task.delete': 'deleted',
       },
     },
     live: {
       initial: 'pending',
       on: {
         'task.update': { actions: ['update', 'syncDeadline', 'rememberDeadline'] },
-        'task.cancel': { target: 'cancelled', actions: ['finish', 'cancelAllTimers', 'forgetTimers'] },
+        'task.cancel': { target: 'cancelled', actions: { type: 'end', params: { status: 'cancelled' } } },
         'timer.fired': {
           guard: { type: 'isTimer', params: { name: 'deadline' } },
           target: 'timed_out',
-          actions: ['timeOutByDeadline', 'cancelAllTimers', 'forgetTimers'],
+          actions: { type: 'end', params: { status: 'timed_out' } },
         },
-        'task.delete': { target: 'deleted', actions: ['cancelAllTimers', 'forgetTimers'] },
+        'task.delete': { target: 'deleted', actions: { type: 'end', params: { status: 'deleted' } } },
+        'task.subtaskSettled': [
+          { guard: { type: 'parentDecides', params: { verdict: 'complete' } }, target: 'completed', actions: 'settleSubtask' },
+          { guard: { type: 'parentDecides', params: { verdict: 'fail' } }, target: 'failed', actions: 'settleSubtask' },
+          { actions: 'settleSubtask' },
+        ],
       },
       states: {
-        pending: { on: { 'task.assign': { target: 'assigned', actions: 'assignTo' } } },
+        pending: {
+          on: {
+            'task.assign': { target: 'assigned', actions: 'assignTo' },
+            'task.awaitAgent': { actions: 'awaitAgent' },
+          },
+        },
         assigned: {
           on: {
             'task.assign': { target: 'assigned', actions: 'assignTo' },
+            'task.delegate': { target: 'assigned', actions: 'assignTo' },
             'task.accept': { target: 'accepted', actions: 'accept' },
             'task.reject': { target: 'pending', actions: 'reject' },
+            'timer.fired': { guard: { type: 'isTimer', params: { name: 'offer' } }, target: 'pending', actions: 'offerLapsed' },
           },
         },
         accepted: {
           on: {
-            'task.start': [
-              {
-                guard: ({ context }) => context.task.timeoutSeconds !== null,
-                target: 'in_progress',
-                actions: ['start', 'scheduleAttemptTimeout', 'rememberAttemptTimeout'],
-              },
-              { target: 'in_progress', actions: 'start' },
-            ],
+            'task.start': { target: 'in_progress', actions: 'start' },
             'task.reject': { target: 'pending', actions: 'reject' },
-            'task.fail': [
-              { guard: 'retriesLeft', target: '#task.failed', actions: ['fail', 'scheduleRetry', 'rememberRetry'] },
-              { target: '#task.failed', actions: ['fail', 'cancelAllTimers', 'forgetTimers'] },
+            'task.delegate': { target: 'assigned', actions: 'assignTo' },
+            'task.renewLease': { actions: 'renewLease' },
+            'task.fail': { target: '#task.failed', actions: 'failAttempt' },
+            'timer.fired': [
+              { guard: 'leaseLapsedToReoffer', target: 'pending', actions: 'leaseLapsed' },
+              { guard: { type: 'isTimer', params: { name: 'lease' } }, target: '#task.failed', actions: 'failAttempt' },
             ],
           },
         },
@@ -416,35 +668,51 @@ export const taskMachine = setup({
           on: {
             'task.progress': { actions: 'progress' },
             'task.requestInput': { target: 'input_required', actions: 'requestInput' },
-            'task.complete': { target: '#task.completed', actions: ['complete', 'cancelAllTimers', 'forgetTimers'] },
-            ...attemptEndings,
+            'task.complete': { target: '#task.completed', actions: 'complete' },
+            'task.delegate': { target: 'assigned', actions: 'assignTo' },
+            'task.renewLease': { actions: 'renewLease' },
+            'task.fail': { target: '#task.failed', actions: 'failAttempt' },
+            'timer.fired': [
+              { guard: 'leaseLapsedToReoffer', target: 'pending', actions: 'leaseLapsed' },
+              { guard: { type: 'isTimer', params: { name: 'lease' } }, target: '#task.failed', actions: 'failAttempt' },
+              { guard: 'attemptTimerWithRetriesLeft', target: '#task.failed', actions: 'failAttempt' },
+              { guard: { type: 'isTimer', params: { name: 'timeout' } }, target: '#task.timed_out', actions: 'failAttempt' },
+            ],
           },
         },
         input_required: {
           on: {
             'task.provideInput': { target: 'in_progress', actions: 'provideInput' },
             'task.progress': { actions: 'progress' },
-            ...attemptEndings,
+            'task.delegate': { target: 'assigned', actions: 'assignTo' },
+            'task.renewLease': { actions: 'renewLease' },
+            'task.fail': { target: '#task.failed', actions: 'failAttempt' },
+            'timer.fired': [
+              { guard: 'leaseLapsedToReoffer', target: 'pending', actions: 'leaseLapsed' },
+              { guard: { type: 'isTimer', params: { name: 'lease' } }, target: '#task.failed', actions: 'failAttempt' },
+              { guard: 'attemptTimerWithRetriesLeft', target: '#task.failed', actions: 'failAttempt' },
+              { guard: { type: 'isTimer', params: { name: 'timeout' } }, target: '#task.timed_out', actions: 'failAttempt' },
+            ],
           },
         },
       },
     },
     failed: {
       on: {
-        // A task that failed for good forgot its timers: a manual retry arms the deadline again.
-        'task.retry': { target: 'live.pending', actions: ['cancelRetryTimer', 'reopen', 'syncDeadline', 'rememberDeadline'] },
+        'task.retry': { target: 'live.pending', actions: 'reopen' },
         'timer.fired': [
           { guard: { type: 'isTimer', params: { name: 'retry' } }, target: 'live.pending', actions: 'reopen' },
           {
             guard: { type: 'isTimer', params: { name: 'deadline' } },
             target: 'timed_out',
-            actions: ['timeOutByDeadline', 'cancelAllTimers', 'forgetTimers'],
+            actions: { type: 'end', params: { status: 'timed_out' } },
           },
         ],
-        'task.cancel': { target: 'cancelled', actions: ['finish', 'cancelAllTimers', 'forgetTimers'] },
+        'task.cancel': { target: 'cancelled', actions: { type: 'end', params: { status: 'cancelled' } } },
         // A task waiting for its automatic retry is not finished yet.
         'task.archive': { guard: 'archivableAfterFailure', actions: 'archive' },
-        'task.delete': { target: 'deleted', actions: ['cancelAllTimers', 'forgetTimers'] },
+        'task.delete': { target: 'deleted', actions: { type: 'end', params: { status: 'deleted' } } },
+        'task.subtaskSettled': {},
       },
     },
     completed: finished,

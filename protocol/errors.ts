@@ -24,6 +24,8 @@ export const ErrorCodes = {
   ILLEGAL_TRANSITION: -32010,
   VERSION_MISMATCH: -32011,
   IDEMPOTENCY_MISMATCH: -32012,
+  /** A tenant rule (CEL) refused the request; `data.rule` names it. */
+  POLICY_DENIED: -32013,
   // limits
   PAYLOAD_TOO_LARGE: -32020,
   RATE_LIMITED: -32021,

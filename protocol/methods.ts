@@ -1,16 +1,16 @@
 import { z } from 'zod';
 import { AgentStatuses, TaskPriorities, TaskStatuses } from './model.js';
 import type { Agent, ActorEvent, Page, Principal, Task } from './model.js';
+import { RuleMethodDescriptions, RuleMethodSchemas, type RuleMethodResults } from './rules.js';
+import { Id } from './ids.js';
 
 /**
  * The method catalogue: every method's params schema (zod), a one-line description and the
  * result type (for the typed client). `protocolJsonSchema()` exports it as JSON Schema.
  */
 
-/** Ids of actors and principals: 1–128 characters, no `/`, no whitespace. */
-export const Id = z
-  .string()
-  .regex(/^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$/, 'must be 1-128 characters of A-Z a-z 0-9 . _ : @ - and start with a letter or digit');
+/** Ids of actors and principals (defined in `ids.ts`, re-exported for existing importers). */
+export { Id };
 
 /** Tenant ids: lower-case, 1–64 characters. */
 export const TenantId = z.string().regex(/^[a-z0-9][a-z0-9_-]{0,63}$/, 'must be 1-64 characters of a-z 0-9 _ - and start with a letter or digit');
@@ -139,6 +139,8 @@ export const MethodSchemas = {
     before: IsoTime,
     status: z.array(z.enum(['completed', 'failed', 'cancelled', 'timed_out'])).max(4).optional(),
   }),
+
+  ...RuleMethodSchemas,
 } as const;
 
 /** Every method name. */
@@ -151,7 +153,7 @@ export type ParamsOf<M extends MethodName> = z.input<(typeof MethodSchemas)[M]>;
 export type BatchItem<T> = { ok: true; value: T } | { ok: false; error: { code: number; message: string; data?: unknown } };
 
 /** Result type of every method (for the typed client). */
-export interface MethodResults {
+export interface MethodResults extends RuleMethodResults {
   'session.authenticate': Principal;
   'session.whoami': Principal & { connectionId: string };
   ping: { pong: true; time: string };
@@ -227,6 +229,7 @@ export const MethodDescriptions: Record<MethodName, string> = {
   'task.stats': 'Counts of tasks by status, priority and type.',
   'task.report': 'A report of matching tasks as JSON or CSV.',
   'task.archive': 'Archive finished tasks last changed before a time.',
+  ...RuleMethodDescriptions,
 };
 
 /** True if `name` is a method of the catalogue. */

@@ -53,6 +53,43 @@ export interface Delegation {
   at: string;
 }
 
+/** How the subtasks of a distributed task are started. */
+export const Coordinations = ['parallel', 'sequential', 'pipeline', 'map_reduce'] as const;
+export type Coordination = (typeof Coordinations)[number];
+
+/** How many subtasks of a distributed task must succeed. */
+export const CompletionModes = ['all', 'any', 'majority', 'threshold', 'best_of'] as const;
+export type CompletionMode = (typeof CompletionModes)[number];
+
+/** How successful subtask results become the parent's result. */
+export const Aggregations = ['combine_results', 'first_complete', 'majority_vote'] as const;
+export type Aggregation = (typeof Aggregations)[number];
+
+/** What became of a subtask, as far as its parent knows (`waiting`: not started yet). */
+export type SlotStatus = 'waiting' | 'active' | 'completed' | 'failed' | 'cancelled' | 'timed_out';
+
+/** One subtask of a distributed task. */
+export interface SubtaskSlot {
+  id: string;
+  status: SlotStatus;
+  result: unknown;
+  error: string | null;
+  agent: string | null;
+  /** Order in which subtasks settled (1 = first), null while unsettled. */
+  settledOrder: number | null;
+}
+
+/** The coordination state of a distributed (parent) task. */
+export interface Distribution {
+  coordination: Coordination;
+  completion: { mode: CompletionMode; threshold: number | null };
+  aggregation: Aggregation;
+  subtasks: SubtaskSlot[];
+}
+
+/** What happens when an agent stops renewing the lease on a task it holds. */
+export type LeaseExpiry = 'reoffer' | 'fail';
+
 /** A task as returned by every task method. Times are ISO 8601 strings. */
 export interface Task {
   id: string;
@@ -84,7 +121,27 @@ export interface Task {
   timeoutSeconds: number | null;
   deadline: string | null;
   delegations: Delegation[];
-  rejections: { by: string; reason: string; at: string }[];
+  /** Declined offers; `round` counts assignment rounds, and agents that declined this round are not offered the task again in it. */
+  rejections: { by: string; reason: string; at: string; round: number }[];
+  /** Assigned by the server (policy strategy) whenever the task is pending. */
+  autoAssign: boolean;
+  /** The strategy auto-assignment uses; null: the policy's or the tenant's default. */
+  assignmentStrategy: AssignmentStrategy | null;
+  /** Incremented each time the task waits for an agent; rejections count per round. */
+  assignmentRound: number;
+  /** Why an auto-assigned task has no agent yet, and when it is tried again. */
+  waitingForAgent: { reason: string; since: string; retryAt: string } | null;
+  /** An offer not accepted within this many seconds goes to the next agent. */
+  offerTimeoutSeconds: number | null;
+  offerExpiresAt: string | null;
+  /** While accepted or running, the agent holds a lease it renews by staying connected, heartbeats or progress. */
+  leaseSeconds: number | null;
+  leaseExpiresAt: string | null;
+  onLeaseExpired: LeaseExpiry;
+  /** The agent that last gave the task up, and why. */
+  releasedBy: { agentId: string; why: 'rejected' | 'offer_expired' | 'lease_expired' } | null;
+  /** Set on the parent of a distributed task. */
+  distribution: Distribution | null;
   archived: boolean;
   version: number;
   createdAt: string;
@@ -94,6 +151,10 @@ export interface Task {
   startedAt: string | null;
   completedAt: string | null;
 }
+
+/** How an agent is chosen for a task. */
+export const AssignmentStrategies = ['round_robin', 'least_loaded', 'capability_match', 'performance_based', 'cost_optimized'] as const;
+export type AssignmentStrategy = (typeof AssignmentStrategies)[number];
 
 /** Agent availability. */
 export const AgentStatuses = ['offline', 'online', 'busy', 'draining'] as const;

@@ -5,7 +5,7 @@ import type { Effect } from '../machines/effects.js';
 import { uuidv7 } from './uuidv7.js';
 import { streamOf, type ActorAddress, type ActorKind } from './ActorKind.js';
 import type { Ownership } from './Ownership.js';
-import type { CommitItem, EventMeta, IdempotencyRecord, OutboxRecord, Store, StoredEvent, TimerRecord } from './Store.js';
+import type { CommitItem, EventMeta, IdempotencyRecord, OutboxRecord, Store, StoredEvent, TimerRecord, ViewRecord } from './Store.js';
 
 /** What one turn needs besides the event. */
 export interface TurnOptions<M extends AnyStateMachine = AnyStateMachine> {
@@ -40,8 +40,11 @@ export interface TurnResult<M extends AnyStateMachine = AnyStateMachine> {
   event: StoredEvent;
 }
 
-/** Listener for committed events: called after every successful commit, in commit order. */
-export type CommitListener = (events: StoredEvent[], topics: string[][]) => void;
+/**
+ * Listener for committed events: called after every successful commit, in commit order, with
+ * the actor's read model row after the events (`null`: removed; `undefined`: not kept).
+ */
+export type CommitListener = (events: StoredEvent[], topics: string[][], view: ViewRecord | null | undefined) => void;
 
 /** Options of {@link ActorHost}; durations in milliseconds. */
 export interface ActorHostOptions {
@@ -74,6 +77,14 @@ export class IdempotencyConflict extends Error {
   constructor(readonly key: string) {
     super(`idempotency key ${key} already used`);
   }
+}
+
+/**
+ * The id of the `n`th message (0-based) an event sends. A caller that delivers such a message
+ * itself, ahead of the outbox, uses this id as the event id so the outbox's copy is a duplicate.
+ */
+export function outboxId(eventId: string, n: number): string {
+  return `${eventId}:${n}`;
 }
 
 /** Returned instead of a result when an event id was already stored (a duplicate delivery). */
@@ -423,7 +434,7 @@ export class ActorHost {
     for (const l of this.#listeners) {
       // The event is stored: a failing listener must not turn the acknowledgement into an error.
       try {
-        l([stored], [topics]);
+        l([stored], [topics], item.view);
       } catch {
         /* listeners report their own failures */
       }
@@ -456,7 +467,7 @@ export class ActorHost {
         case 'fx.send':
           (item.outbox ??= []).push({
             // Deterministic per emitting event, so a re-run of the same turn cannot double-send.
-            id: `${eventId}:${n++}`,
+            id: outboxId(eventId, n++),
             source: cell.stream,
             tenant: cell.address.tenant,
             targetKind: fx.kind,
@@ -520,7 +531,8 @@ export class ActorHost {
       return new ProtocolError('NOT_FOUND', `${capitalize(kind.kind)} ${cell.address.id} does not exist.`, { kind: kind.kind, id: cell.address.id });
     }
     const status = kind.status(snapshot);
-    const allowed = acceptedEvents(snapshot, this.#now());
+    const internal = new Set(kind.internalEvents ?? []);
+    const allowed = acceptedEvents(snapshot, this.#now()).filter((t) => !internal.has(t));
     return new ProtocolError(
       'ILLEGAL_TRANSITION',
       `${capitalize(kind.kind)} ${cell.address.id} is ${status}; ${type} is not allowed now. Allowed now: ${allowed.join(', ') || 'nothing'}.`,

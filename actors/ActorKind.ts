@@ -34,6 +34,8 @@ export interface ActorKind<M extends AnyStateMachine = AnyStateMachine> {
   view(snapshot: SnapshotFrom<M>, address: ActorAddress, version: number): ViewRecord | null;
   /** Topics (within the tenant) an event is published on, given the states before and after. */
   topics(event: Pick<StoredEvent, 'type' | 'data' | 'actorId'>, before: SnapshotFrom<M>, after: SnapshotFrom<M>): string[];
+  /** Events only the server sends (never named to clients among the events allowed now). */
+  internalEvents?: readonly string[];
   /** Write a snapshot every this many events (default 50). */
   snapshotEvery?: number;
   /**

@@ -19,6 +19,12 @@ export interface TimerServiceOptions {
   now?: () => number;
   /** Called with how late each timer fired (for metrics). */
   onFired?: (lagMs: number) => void;
+  /**
+   * Delivers a due timer (default: to its actor, `host.fireTimer`). A server routes some timers
+   * through services that decide what the actor is told (assignment, lease renewal); whatever it
+   * does must consume the timer or throw, in which case the timer is tried again later.
+   */
+  deliver?: (timer: TimerRecord) => Promise<void>;
 }
 
 /**
@@ -113,7 +119,7 @@ export class TimerService {
             const key = timerKey(t);
             this.#inFlight.add(key);
             try {
-              await this.#host.fireTimer(t);
+              await (this.#opts.deliver ? this.#opts.deliver(t) : this.#host.fireTimer(t));
               this.#backoff.delete(key);
               this.#opts.onFired?.(this.#now() - t.fireAt);
             } catch {

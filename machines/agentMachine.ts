@@ -31,6 +31,8 @@ export type AgentEvent = Stamp &
     | { type: 'agent.connected' }
     | { type: 'agent.disconnected' }
     | { type: 'agent.connectionsReset' }
+    | { type: 'agent.setCapabilities'; capabilities: string[] }
+    | { type: 'agent.deregister'; reason?: string }
   );
 
 type E<T extends AgentEvent['type']> = Extract<AgentEvent, { type: T }>;
@@ -57,7 +59,7 @@ export function agentStatus(agent: AgentData): AgentStatus {
 
 /**
  * An agent: registered once (re-registration updates its profile), online while it has a
- * connection, and `busy` or `draining` when it says so. Connections are counted from the
+ * connection, and `busy` or `draining` when it says so; deregistered agents get no work. Connections are counted from the
  * gateway's connect and disconnect events; after a restart the server resets the counts.
  *
  * @example
@@ -106,6 +108,9 @@ export const agentMachine = setup({
       agent: { ...context.agent, connections: Math.max(0, context.agent.connections - 1), lastSeenAt: iso(event.at) },
     })),
     resetConnections: assign(({ context }) => ({ agent: { ...context.agent, connections: 0 } })),
+    setCapabilities: assign(({ context, event }) => ({
+      agent: { ...context.agent, capabilities: (event as E<'agent.setCapabilities'>).capabilities, lastSeenAt: iso(event.at) },
+    })),
   },
 }).createMachine({
   id: 'agent',
@@ -120,6 +125,17 @@ export const agentMachine = setup({
         'agent.register': { actions: 'register' },
         'agent.heartbeat': { actions: 'seen' },
         'agent.setStatus': { actions: 'setStatus' },
+        'agent.connected': { actions: 'connect' },
+        'agent.disconnected': { actions: 'disconnect' },
+        'agent.connectionsReset': { actions: 'resetConnections' },
+        'agent.setCapabilities': { actions: 'setCapabilities' },
+        'agent.deregister': 'deregistered',
+      },
+    },
+    /** Gone from the directory; registering again brings it back with its history. */
+    deregistered: {
+      on: {
+        'agent.register': { target: 'registered', actions: 'register' },
         'agent.connected': { actions: 'connect' },
         'agent.disconnected': { actions: 'disconnect' },
         'agent.connectionsReset': { actions: 'resetConnections' },

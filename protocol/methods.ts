@@ -1,6 +1,6 @@
 import { z } from 'zod';
-import { AgentStatuses, TaskPriorities, TaskStatuses } from './model.js';
-import type { Agent, ActorEvent, Page, Principal, Task } from './model.js';
+import { Aggregations, AgentStatuses, AssignmentStrategies, CompletionModes, Coordinations, TaskPriorities, TaskStatuses } from './model.js';
+import type { Agent, ActorEvent, AgentPerformance, AssignmentStrategy, DelegationKind, Page, Principal, Task, TaskTree } from './model.js';
 import { RuleMethodDescriptions, RuleMethodSchemas, type RuleMethodResults } from './rules.js';
 import { Id } from './ids.js';
 
@@ -35,8 +35,20 @@ const TaskFields = {
   deadline: IsoTime.optional(),
 };
 
+const Strategy = z.enum(AssignmentStrategies);
+
+/** How the server finds, offers and leases work. */
+const AssignmentFields = {
+  autoAssign: z.boolean().optional(),
+  assignmentStrategy: Strategy.optional(),
+  offerTimeoutSeconds: z.number().int().min(1).max(86_400).optional(),
+  leaseSeconds: z.number().int().min(1).max(86_400).optional(),
+  onLeaseExpired: z.enum(['reoffer', 'fail']).optional(),
+};
+
 const TaskCreate = z.strictObject({
   ...TaskFields,
+  ...AssignmentFields,
   assignTo: Id.optional(),
   parentTaskId: Id.optional(),
   idempotencyKey: z.string().min(1).max(256).optional(),
@@ -85,6 +97,10 @@ export const MethodSchemas = {
     cursor: Cursor,
   }),
   'agent.heartbeat': z.strictObject({ agentId: Id.optional() }),
+  'agent.available': z.strictObject({ capabilities: Capabilities.optional(), limit: Limit }),
+  'agent.setCapabilities': z.strictObject({ agentId: Id.optional(), capabilities: Capabilities }),
+  'agent.deregister': z.strictObject({ agentId: Id.optional(), reason: Text(1024).optional() }),
+  'agent.performance': z.strictObject({ agentId: Id, periodSeconds: z.number().int().min(1).max(7_776_000).optional() }),
   'agent.setStatus': z.strictObject({ agentId: Id.optional(), status: z.enum(AgentStatuses) }),
 
   'task.create': TaskCreate,
@@ -135,6 +151,44 @@ export const MethodSchemas = {
     ...TaskFilters,
     limit: z.number().int().min(1).max(10_000).optional(),
   }),
+  'task.autoAssign': z.strictObject({ ...taskRef, strategy: Strategy.optional() }),
+  'task.available': z.strictObject({ agentId: Id.optional(), limit: Limit, cursor: Cursor }),
+  'task.claim': z.strictObject({ ...taskRef, ...expected }),
+  'task.rebalance': z.strictObject({ strategy: Strategy.optional(), dryRun: z.boolean().optional() }),
+  'task.delegate': z.strictObject({ ...taskRef, ...expected, toAgentId: Id, reason: Text(1024).optional() }),
+  'task.createDistributed': z.strictObject({
+    type: TaskFields.type,
+    title: TaskFields.title,
+    description: TaskFields.description,
+    priority: TaskFields.priority,
+    parameters: TaskFields.parameters,
+    coordination: z.enum(Coordinations),
+    completion: z.strictObject({ mode: z.enum(CompletionModes), threshold: z.number().int().min(1).max(100).optional() }),
+    aggregation: z.enum(Aggregations).optional(),
+    timeoutSeconds: TaskFields.timeoutSeconds,
+    subtasks: z
+      .array(
+        z.strictObject({
+          type: TaskFields.type.optional(),
+          title: TaskFields.title,
+          description: TaskFields.description,
+          priority: TaskFields.priority,
+          parameters: TaskFields.parameters,
+          requiredCapabilities: TaskFields.requiredCapabilities,
+          assignTo: Id.optional(),
+          maxRetries: TaskFields.maxRetries,
+          retryBackoffMs: TaskFields.retryBackoffMs,
+          timeoutSeconds: TaskFields.timeoutSeconds,
+          ...AssignmentFields,
+        }),
+      )
+      .min(1)
+      .max(100),
+    idempotencyKey: z.string().min(1).max(256).optional(),
+  }),
+  'task.submitSubtaskResult': z.strictObject({ parentTaskId: Id, subtaskId: Id, result: z.unknown().optional() }),
+  'task.tree': z.strictObject({ ...taskRef, depth: z.number().int().min(1).max(5).optional() }),
+  'task.cancelTree': z.strictObject({ ...taskRef, reason: Text(1024).optional() }),
   'task.archive': z.strictObject({
     before: IsoTime,
     status: z.array(z.enum(['completed', 'failed', 'cancelled', 'timed_out'])).max(4).optional(),
@@ -163,6 +217,10 @@ export interface MethodResults extends RuleMethodResults {
   'agent.get': Agent;
   'agent.list': Page<Agent>;
   'agent.heartbeat': Agent;
+  'agent.available': { items: Agent[] };
+  'agent.setCapabilities': Agent;
+  'agent.deregister': { id: string; deregistered: true; version: number };
+  'agent.performance': AgentPerformance;
   'agent.setStatus': Agent;
   'task.create': Task;
   'task.createBatch': { items: BatchItem<Task>[] };
@@ -192,6 +250,15 @@ export interface MethodResults extends RuleMethodResults {
   };
   'task.report': { format: 'json' | 'csv'; contentType: string; rows: number; content: string };
   'task.archive': { archived: number };
+  'task.autoAssign': { task: Task; assigned: boolean; strategy: AssignmentStrategy | null; reason: string };
+  'task.available': Page<Task>;
+  'task.claim': Task;
+  'task.rebalance': { examined: number; moved: { taskId: string; from: string; to: string; kind: DelegationKind; reason: string }[]; stuck: { taskId: string; from: string; reason: string }[] };
+  'task.delegate': Task;
+  'task.createDistributed': { task: Task; subtasks: Task[] };
+  'task.submitSubtaskResult': Task;
+  'task.tree': TaskTree;
+  'task.cancelTree': { task: Task; cancelled: number };
 }
 
 /** Short descriptions, exported with the JSON Schema. */
@@ -204,7 +271,11 @@ export const MethodDescriptions: Record<MethodName, string> = {
   'agent.register': 'Register (or re-register) an agent with capabilities and limits.',
   'agent.get': 'One agent.',
   'agent.list': 'Agents of the tenant, filtered by status or capability.',
-  'agent.heartbeat': 'Mark the agent as seen now.',
+  'agent.heartbeat': 'Mark the agent as seen now (this also keeps the leases on its tasks).',
+  'agent.available': 'Online agents with spare capacity, optionally with all the given capabilities.',
+  'agent.setCapabilities': 'Replace an agent\'s capabilities.',
+  'agent.deregister': 'Remove an agent from the directory; it gets no new work.',
+  'agent.performance': 'Success rate, mean and p90 completion time and current load over a period, from events.',
   'agent.setStatus': 'Set the agent online, busy, draining or offline.',
   'task.create': 'Create a task, optionally assigned to an agent; idempotent with idempotencyKey.',
   'task.createBatch': 'Create up to 100 tasks; each succeeds or fails on its own.',
@@ -229,6 +300,15 @@ export const MethodDescriptions: Record<MethodName, string> = {
   'task.stats': 'Counts of tasks by status, priority and type.',
   'task.report': 'A report of matching tasks as JSON or CSV.',
   'task.archive': 'Archive finished tasks last changed before a time.',
+  'task.autoAssign': 'Assign a pending task to an agent chosen by a strategy (the request\'s, the policy\'s or the default).',
+  'task.available': 'Pending tasks an agent may pick up (it has their capabilities and did not decline them).',
+  'task.claim': 'The calling agent takes a pending task it is eligible for.',
+  'task.rebalance': 'Move offered but not yet accepted tasks away from draining, offline or overloaded agents (admin).',
+  'task.delegate': 'Hand a task over to another agent, if the tenant\'s delegation rules allow it.',
+  'task.createDistributed': 'Create a parent task with subtasks, coordination, completion and aggregation rules, all or nothing.',
+  'task.submitSubtaskResult': 'The subtask\'s agent submits its result; the parent aggregates.',
+  'task.tree': 'A task with its subtasks, recursively.',
+  'task.cancelTree': 'Cancel a task and every unfinished task below it.',
   ...RuleMethodDescriptions,
 };
 

@@ -171,11 +171,37 @@ export interface Agent {
   costPerTask: number;
   metadata: Record<string, unknown>;
   status: AgentStatus;
+  /** Tasks the agent holds now (offered, accepted, running or waiting for input); absent where not known. */
+  load?: number;
   /** How many connections this agent has open now. */
   connections: number;
   lastSeenAt: string | null;
   registeredAt: string;
   version: number;
+}
+
+/** An agent's record over a period, computed from the events of its tasks. */
+export interface AgentPerformance {
+  agentId: string;
+  from: string;
+  to: string;
+  completed: number;
+  /** Failed attempts, including lost leases and attempt timeouts. */
+  failed: number;
+  successRate: number | null;
+  meanCompletionMs: number | null;
+  p90CompletionMs: number | null;
+  currentLoad: number;
+  maxConcurrentTasks: number;
+  /** How many events were read; `truncated` when the scan stopped at its limit. */
+  eventsScanned: number;
+  truncated: boolean;
+}
+
+/** A task with its subtasks. Subtasks that have not started yet appear with status `waiting`. */
+export interface TaskTree {
+  task: Task | { id: string; status: 'waiting'; parentTaskId: string };
+  children: TaskTree[];
 }
 
 /** Tenant roles. */

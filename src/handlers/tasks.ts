@@ -9,6 +9,8 @@ import { ProtocolError } from '../../protocol/errors.js';
 import type { ParamsOf } from '../../protocol/methods.js';
 import type { Principal, Task, TaskStatus } from '../../protocol/model.js';
 import { taskResource } from '../kinds/taskKind.js';
+import { prepareTask } from './taskPrep.js';
+import { registeredAgent } from './agents.js';
 import { leafState } from '../kinds/stateName.js';
 import { toActorEvent } from '../server/SubscriptionHub.js';
 import { applied, hasRole, queryPage, requireRole, type App, type AuthedContext, type Handlers } from '../server/App.js';
@@ -51,16 +53,7 @@ export function taskHandlers(app: App): Handlers {
   const { host, store } = app;
   const address = (p: Principal, id: string) => ({ tenant: p.tenantId, kind: 'task', id });
 
-  async function agentMustExist(p: Principal, agentId: string): Promise<void> {
-    // An agent's stream begins with its registration, so a stream with events is a registered
-    // agent; this is a key lookup, without reading and parsing the agent's view.
-    if ((await store.streamInfo(`${p.tenantId}/agent/${agentId}`)).version === 0) {
-      throw new ProtocolError('NOT_FOUND', `Agent ${agentId} is not registered in this tenant; register it with agent.register first.`, {
-        kind: 'agent',
-        id: agentId,
-      });
-    }
-  }
+  const agentMustExist = (p: Principal, agentId: string) => registeredAgent(app, p, agentId);
 
   function futureDeadline(deadline: string | null | undefined): void {
     if (deadline && Date.parse(deadline) <= app.now()) {
@@ -122,11 +115,12 @@ export function taskHandlers(app: App): Handlers {
     if (fields.parentTaskId && !(await store.getView(p.tenantId, 'task', fields.parentTaskId))) {
       throw new ProtocolError('NOT_FOUND', `Parent task ${fields.parentTaskId} does not exist.`, { kind: 'task', id: fields.parentTaskId });
     }
+    const prepared = await prepareTask(app, p, fields);
     const id = uuidv7(app.now());
     try {
       const r = await host.send<typeof taskMachine>(
         address(p, id),
-        { ...fields, type: 'task.create', taskType: fields.type, id, tenantId: p.tenantId },
+        { ...prepared, type: 'task.create', taskType: prepared.type, id, tenantId: p.tenantId },
         {
           principal: p.principalId,
           correlationId: ctx.correlationId,

@@ -16,7 +16,7 @@ export function agentResource(data: AgentData, version: number): Agent {
 export const agentKind: ActorKind<typeof agentMachine> = {
   kind: 'agent',
   machine: agentMachine,
-  status: (s: AgentSnapshot) => (s.value === 'registered' ? agentStatus(s.context.agent) : 'unregistered'),
+  status: (s: AgentSnapshot) => (s.value === 'registered' ? agentStatus(s.context.agent) : String(s.value)),
   exists: (s: AgentSnapshot) => s.value === 'registered',
   view(s: AgentSnapshot, address: ActorAddress, version: number): ViewRecord | null {
     if (s.value !== 'registered') return null;

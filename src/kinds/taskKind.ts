@@ -43,6 +43,7 @@ export const taskKind: ActorKind<typeof taskMachine> = {
       doc: taskResource(t, status as TaskStatus, version) as unknown as Record<string, unknown>,
     };
   },
+  internalEvents: ['task.activate', 'task.awaitAgent', 'task.renewLease', 'task.subtaskSettled'],
   settled: (s: TaskSnapshot) => {
     const st = leafState(s.value);
     return st === 'completed' || st === 'cancelled' || st === 'timed_out' || st === 'deleted';

@@ -6,6 +6,9 @@ import { ProtocolError } from '../../protocol/errors.js';
 import type { MethodName, MethodResults, MethodSchemas } from '../../protocol/methods.js';
 import type { Page, Principal, Role } from '../../protocol/model.js';
 import type { Authenticator } from '../auth/Authenticator.js';
+import type { AgentDirectory } from '../assignment/AgentDirectory.js';
+import type { Assigner } from '../assignment/Assigner.js';
+import type { RuleEngine } from '../policy/RuleEngine.js';
 import type { Logger } from '../logger.js';
 import type { Connection } from './Connection.js';
 import type { Presence } from './Presence.js';
@@ -20,6 +23,11 @@ export interface App {
   presence: Presence;
   log: Logger;
   now: () => number;
+  rules: RuleEngine;
+  directory: AgentDirectory;
+  assigner: Assigner;
+  /** Default lease of a held task, in seconds. */
+  leaseSeconds: number;
 }
 
 /** What a handler knows about the call. */

@@ -22,11 +22,18 @@ import { protocolJsonSchema } from '../../protocol/schema.js';
 import type { Principal } from '../../protocol/model.js';
 import { Authenticator, type Credential } from '../auth/Authenticator.js';
 import { agentHandlers } from '../handlers/agents.js';
+import { ruleHandlers } from '../handlers/rules.js';
+import { assignmentHandlers } from '../handlers/assignment.js';
+import { distributedHandlers } from '../handlers/distributed.js';
 import { sessionHandlers } from '../handlers/session.js';
 import { taskHandlers } from '../handlers/tasks.js';
 import { actorKinds } from '../kinds/index.js';
 import { createLogger, type Logger } from '../logger.js';
 import { Metrics, methodLabel } from '../observability/Metrics.js';
+import { RuleEngine } from '../policy/RuleEngine.js';
+import { AgentDirectory } from '../assignment/AgentDirectory.js';
+import { Assigner } from '../assignment/Assigner.js';
+import type { AssignmentStrategy } from '../../protocol/model.js';
 import type { App, AuthedContext, Handler, Handlers } from './App.js';
 import { CloseCodes, Connection } from './Connection.js';
 import { Presence } from './Presence.js';
@@ -64,6 +71,10 @@ export interface TroupeServerOptions {
   processMetrics?: boolean;
   /** The clock; tests may replace it. */
   now?: () => number;
+  /** Lease of a task held by an agent, when neither the task nor its policy sets one (default 60 s). */
+  leaseSeconds?: number;
+  /** Strategy of auto-assignment when neither the request, the task nor a policy names one (default least_loaded). */
+  defaultStrategy?: AssignmentStrategy;
 }
 
 /**
@@ -93,6 +104,8 @@ const HARD_FRAME_FACTOR = 4;
 export class TroupeServer {
   readonly app: App;
   readonly host: ActorHost;
+  /** Tenant rules and policies; handlers ask it for validation, delegation, assignment and defaults. */
+  readonly rules: RuleEngine;
   #opts: TroupeServerOptions;
   #http: http.Server;
   #wss: WebSocketServer;
@@ -142,18 +155,40 @@ export class TroupeServer {
       onStoreCommit: (seconds) => metrics.storeCommit(seconds),
     });
     this.host.onCommit((events, topics) => hub.publish(events, topics));
-    this.#timers = new TimerService({ host: this.host, now, onFired: (lagMs) => metrics.timerLag(lagMs / 1000) });
+    this.rules = new RuleEngine({ store });
+    this.rules.attach(this.host);
+    const presence = new Presence();
+    const directory = new AgentDirectory({ store, onCapacity: (tenant) => assigner.kick(tenant) });
+    directory.attach(this.host);
+    const assigner = new Assigner({ host: this.host, directory, rules: this.rules, presence, now, log: this.#log, defaultStrategy: opts.defaultStrategy });
+    this.#timers = new TimerService({
+      host: this.host,
+      now,
+      onFired: (lagMs) => metrics.timerLag(lagMs / 1000),
+      deliver: (t) => assigner.deliverTimer(t),
+    });
     this.#outbox = new OutboxDispatcher(this.host);
     this.app = {
       host: this.host,
       store,
       hub,
       auth: new Authenticator({ store, jwtSecret: opts.jwtSecret, jwtIssuer: opts.jwtIssuer, jwtAudience: opts.jwtAudience }),
-      presence: new Presence(),
+      presence,
       log: this.#log,
       now,
+      rules: this.rules,
+      directory,
+      assigner,
+      leaseSeconds: opts.leaseSeconds ?? 60,
     };
-    this.#handlers = { ...sessionHandlers(this.app), ...agentHandlers(this.app), ...taskHandlers(this.app) };
+    this.#handlers = {
+      ...sessionHandlers(this.app),
+      ...agentHandlers(this.app),
+      ...taskHandlers(this.app),
+      ...assignmentHandlers(this.app),
+      ...distributedHandlers(this.app),
+      ...ruleHandlers(this.app, this.rules),
+    };
     this.#http = http.createServer((req, res) => void this.#http_(req, res));
     this.#wss = new WebSocketServer({ noServer: true, maxPayload: this.#maxFrame * HARD_FRAME_FACTOR });
     this.#http.on('upgrade', (req, socket, head) => {

@@ -1,3 +1,4 @@
+import fc from 'fast-check';
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { createActor, initialTransition, transition, type SnapshotFrom } from 'xstate';
@@ -11,6 +12,7 @@ import {
   type TaskCreateFields,
   type TaskEvent,
 } from '../../machines/taskMachine.js';
+import type { Aggregation, CompletionMode, Coordination, Distribution, SubtaskSlot } from '../../protocol/model.js';
 import { leafState } from '../../src/kinds/stateName.js';
 import { T0 } from '../helpers/clock.js';
 import { seeded } from '../helpers/prng.js';
@@ -243,7 +245,7 @@ test('reject returns an assigned or accepted task to pending, clears the assigne
     assert.is(sim.task.assignedTo, null);
     assert.is(sim.task.assignedAt, null);
     assert.is(sim.task.acceptedAt, null);
-    assert.equal(sim.task.rejections, [{ by: 'ann', reason: 'not my area', at: iso(sim.at) }]);
+    assert.equal(sim.task.rejections, [{ by: 'ann', reason: 'not my area', at: iso(sim.at), round: 0 }]);
     assert.equal(sim.effects, []);
     // It can be offered again.
     sim.send({ type: 'task.assign', agentId: 'bob' });
@@ -362,20 +364,19 @@ test('a stale retry timer (another fireAt) is refused and leaves the task unchan
 
 test('a manual retry of a failed task cancels the pending retry timer and reopens it', () => {
   const sim = reach('failed (retry pending)');
+  assert.equal(sim.timers, { deadline: T0 + HOUR, retry: sim.at + 100 });
   const effects = sim.send({ type: 'task.retry' });
   assert.is(sim.status, 'pending');
-  assert.equal(effects, [
-    { type: 'fx.timer.cancel', names: ['retry'] },
-    { type: 'fx.timer.schedule', name: 'deadline', fireAt: T0 + HOUR },
-  ]);
+  // The deadline timer is still armed: it is kept, not scheduled again.
+  assert.equal(effects, [{ type: 'fx.timer.cancel', names: ['retry'] }]);
   assert.is(sim.task.retryCount, 1);
+  assert.is(sim.task.retryAt, null);
   assert.equal(sim.timers, { deadline: T0 + HOUR });
 
   const noDeadline = reach('failed (retry pending)', { deadline: undefined });
-  assert.equal(noDeadline.send({ type: 'task.retry' }), [
-    { type: 'fx.timer.cancel', names: ['retry'] },
-    { type: 'fx.timer.cancel', names: ['deadline'] },
-  ]);
+  assert.equal(noDeadline.timers, { retry: noDeadline.at + 100 });
+  assert.equal(noDeadline.send({ type: 'task.retry' }), [{ type: 'fx.timer.cancel', names: ['retry'] }]);
+  assert.is(noDeadline.status, 'pending');
   assert.equal(noDeadline.timers, {});
 });
 
@@ -439,7 +440,8 @@ test('the attempt timeout with no retries left times the task out and cancels ev
     const sim = reach(from, { timeoutSeconds: 5, maxRetries: 0 });
     const effects = sim.fire('timeout');
     assert.is(sim.status, 'timed_out', from);
-    assert.equal(effects, [{ type: 'fx.timer.cancel', names: ['deadline', 'timeout'] }]);
+    // The timeout timer is consumed by its own firing: only the deadline is left to cancel.
+    assert.equal(effects, [{ type: 'fx.timer.cancel', names: ['deadline'] }]);
     assert.equal(sim.timers, {});
   }
 });
@@ -530,9 +532,11 @@ test('cancel works from every live state and from failed, and cancels every time
     assert.is(sim.task.error, 'not needed');
     assert.is(sim.task.retryAt, null);
     assert.ok(sim.task.completedAt !== null);
-    assert.equal(effects, [{ type: 'fx.timer.cancel', names: expected }], from);
+    // A task without timers (failed for good) has nothing to cancel.
+    assert.equal(effects, expected.length > 0 ? [{ type: 'fx.timer.cancel', names: expected }] : [], from);
     assert.equal(sim.timers, {});
   }
+  assert.equal(reach('failed (final)').send({ type: 'task.cancel' }), []);
   const sim = reach('pending');
   sim.send({ type: 'task.cancel' });
   assert.is(sim.task.error, 'cancelled', 'a cancel without a reason says so');
@@ -710,6 +714,1084 @@ test('replaying the accepted events of 200 random (seeded) histories reproduces 
   }
   assert.ok(retried >= 10, `only ${retried} histories retried`);
   assert.ok(restores >= 50, `only ${restores} snapshot restores`);
+});
+
+// ══════════════════════════════════════════════════════════════════════════
+// Leases, offers, auto-assignment, delegation, staged tasks, distributed parents
+// ══════════════════════════════════════════════════════════════════════════
+
+const sched = (name: string, fireAt: number): Effect => ({ type: 'fx.timer.schedule', name, fireAt });
+const cancel = (...names: string[]): Effect => ({ type: 'fx.timer.cancel', names });
+const toTask = (id: string, event: { type: string } & Record<string, unknown>): Effect => ({ type: 'fx.send', kind: 'task', id, event });
+const activateFx = (id: string, ...input: [unknown?]): Effect => toTask(id, input.length === 0 ? { type: 'task.activate' } : { type: 'task.activate', input: input[0] });
+const cancelFx = (id: string, reason: string): Effect => toTask(id, { type: 'task.cancel', reason });
+/** The report a task sends its parent `parent` when it settles. */
+const notice = (
+  parent: string,
+  n: { subtaskId?: string; status: 'completed' | 'failed' | 'cancelled' | 'timed_out'; result?: unknown; error?: string | null; agent?: string | null },
+): Effect =>
+  toTask(parent, { type: 'task.subtaskSettled', subtaskId: n.subtaskId ?? 't1', status: n.status, result: n.result ?? null, error: n.error ?? null, agent: n.agent ?? null });
+const sends = (effects: Effect[]) => effects.filter((e) => e.type === 'fx.send');
+const lastLink = (sim: Sim) => sim.task.delegations[sim.task.delegations.length - 1];
+
+/** A fresh task created at T0 with these fields. */
+function fresh(fields: Partial<Omit<TaskCreateFields, 'id' | 'tenantId'>> = {}): Sim {
+  const sim = new Sim();
+  sim.send(create(fields), { at: T0 });
+  return sim;
+}
+
+/** Sends an event that must be accepted and must change nothing at all. */
+function ignores(sim: Sim, body: TaskEventBody, opts: { at?: number; by?: string } = {}): void {
+  const event = sim.event(body, opts);
+  assert.ok(sim.snapshot.can(event), `${body.type} should be accepted while ${sim.status}`);
+  const before = taskMachine.getPersistedSnapshot(sim.snapshot);
+  const [next, actions] = transition(taskMachine, sim.snapshot, event);
+  assert.equal(emitted(actions), [], `${body.type} emitted effects while ${sim.status}`);
+  assert.equal(taskMachine.getPersistedSnapshot(next), before, `${body.type} changed the task while ${sim.status}`);
+}
+
+const HOLDING = ['accepted', 'in_progress', 'input_required'] as const;
+
+// ── Leases ────────────────────────────────────────────────────────────────
+
+test('accepting a task with a lease schedules the lease timer at accept + leaseSeconds and records the expiry', () => {
+  const sim = fresh({ leaseSeconds: 30 });
+  assert.equal(sim.send({ type: 'task.assign', agentId: 'ann' }, { at: T0 + 1_000 }), []);
+  assert.is(sim.task.leaseExpiresAt, null, 'an offer holds no lease');
+  const effects = sim.send({ type: 'task.accept' }, { at: T0 + 2_000, by: 'ann' });
+  assert.equal(effects, [sched('lease', T0 + 32_000)]);
+  assert.is(sim.task.leaseExpiresAt, iso(T0 + 32_000));
+  assert.equal(sim.timers, { lease: T0 + 32_000 });
+  assert.is(sim.task.leaseSeconds, 30);
+  assert.is(sim.task.onLeaseExpired, 'reoffer', 'reoffer is the default');
+});
+
+test('a task without leaseSeconds never schedules a lease: not at accept, not on progress, not on renewLease', () => {
+  const sim = reach('accepted');
+  assert.equal(sim.effects, [], 'accept scheduled nothing');
+  assert.is(sim.task.leaseExpiresAt, null);
+  const before = sim.task;
+  assert.equal(sim.send({ type: 'task.renewLease', until: sim.at + 60_000 }, { by: 'ann' }), []);
+  assert.equal(sim.task, before, 'renewing a lease the task does not have changes nothing');
+  sim.send({ type: 'task.start' }, { by: 'ann' });
+  assert.equal(sim.send({ type: 'task.progress', percent: 10 }, { by: 'ann' }), []);
+  assert.is(sim.task.leaseExpiresAt, null);
+  assert.not.ok('lease' in sim.timers);
+});
+
+test('progress renews the lease in progress and while waiting for input', () => {
+  const sim = reach('in_progress', { leaseSeconds: 30 });
+  assert.is(sim.timers.lease, Date.parse(sim.task.acceptedAt!) + 30_000);
+  const t1 = sim.at + 10_000;
+  assert.equal(sim.send({ type: 'task.progress', percent: 20 }, { at: t1, by: 'ann' }), [sched('lease', t1 + 30_000)]);
+  assert.is(sim.task.leaseExpiresAt, iso(t1 + 30_000));
+  assert.is(sim.timers.lease, t1 + 30_000);
+  assert.equal(sim.send({ type: 'task.requestInput', prompt: 'Which branch?' }, { at: t1 + 1_000, by: 'ann' }), [], 'asking for input leaves the lease alone');
+  const t2 = t1 + 5_000;
+  assert.equal(sim.send({ type: 'task.progress', message: 'waiting' }, { at: t2, by: 'ann' }), [sched('lease', t2 + 30_000)]);
+  assert.is(sim.status, 'input_required');
+  assert.is(sim.task.leaseExpiresAt, iso(t2 + 30_000));
+  assert.is(sim.timers.lease, t2 + 30_000);
+  // The lease the renewal replaced is stale now.
+  sim.refuse({ type: 'timer.fired', name: 'lease', fireAt: t1 + 30_000 }, { at: t1 + 30_000, by: 'system' });
+});
+
+test('task.renewLease moves the lease timer to `until` while the agent holds the task', () => {
+  for (const from of HOLDING) {
+    const sim = reach(from, { leaseSeconds: 30 });
+    const old = sim.timers.lease!;
+    const until = sim.at + 45_000;
+    assert.equal(sim.send({ type: 'task.renewLease', until }, { by: 'ann' }), [sched('lease', until)], from);
+    assert.is(sim.status, from);
+    assert.is(sim.task.leaseExpiresAt, iso(until));
+    assert.is(sim.timers.lease, until);
+    sim.refuse({ type: 'timer.fired', name: 'lease', fireAt: old }, { at: old, by: 'system' });
+  }
+  reach('pending', { leaseSeconds: 30 }).refuse({ type: 'task.renewLease', until: T0 + HOUR });
+  reach('assigned', { leaseSeconds: 30 }).refuse({ type: 'task.renewLease', until: T0 + HOUR });
+  reach('completed', { leaseSeconds: 30 }).refuse({ type: 'task.renewLease', until: T0 + HOUR });
+});
+
+test('a lapsed lease (reoffer) returns the task to pending, records the holder as declining and cancels the attempt timeout', () => {
+  for (const from of HOLDING) {
+    const sim = reach(from, { leaseSeconds: 30 });
+    const fireAt = sim.timers.lease!;
+    const effects = sim.fire('lease');
+    assert.is(sim.status, 'pending', from);
+    // The lease timer is consumed by its own firing; only the attempt timeout (if running) is cancelled.
+    assert.equal(effects, from === 'accepted' ? [] : [cancel('timeout')], from);
+    assert.equal(sim.timers, { deadline: T0 + HOUR }, from);
+    const t = sim.task;
+    assert.is(t.assignedTo, null);
+    assert.is(t.assignedAt, null);
+    assert.is(t.acceptedAt, null);
+    assert.is(t.startedAt, null);
+    assert.is(t.leaseExpiresAt, null);
+    assert.is(t.offerExpiresAt, null);
+    assert.equal(t.releasedBy, { agentId: 'ann', why: 'lease_expired' });
+    assert.equal(t.rejections, [{ by: 'ann', reason: 'lease of 30 s expired without renewal', at: iso(fireAt), round: 0 }]);
+    assert.is(t.updatedAt, iso(fireAt));
+    sim.refuse({ type: 'timer.fired', name: 'lease', fireAt }, { at: fireAt + 1, by: 'system' });
+  }
+});
+
+test('with autoAssign, a lapsed lease asks for the next agent at the firing time; the rejection counts in the current round', () => {
+  const sim = fresh({ autoAssign: true, leaseSeconds: 30 });
+  sim.send({ type: 'task.awaitAgent', reason: 'no agent online', retryAt: T0 + 10_000 }, { at: T0 + 1_000, by: 'system' });
+  sim.send({ type: 'task.assign', agentId: 'ann', kind: 'automatic' }, { at: T0 + 10_000, by: 'system' });
+  sim.send({ type: 'task.accept' }, { at: T0 + 11_000, by: 'ann' });
+  sim.send({ type: 'task.start' }, { at: T0 + 12_000, by: 'ann' });
+  assert.is(sim.timers.lease, T0 + 41_000);
+  const effects = sim.fire('lease');
+  assert.is(sim.status, 'pending');
+  assert.equal(effects, [sched('assign', T0 + 41_000)]);
+  assert.equal(sim.timers, { assign: T0 + 41_000 });
+  assert.equal(sim.task.rejections, [{ by: 'ann', reason: 'lease of 30 s expired without renewal', at: iso(T0 + 41_000), round: 1 }]);
+  // The next holder's link names the agent that lost the lease.
+  assert.equal(sim.send({ type: 'task.assign', agentId: 'bob', reason: 'next in line', kind: 'failover' }, { at: T0 + 42_000, by: 'system' }), [cancel('assign')]);
+  assert.equal(lastLink(sim), { from: 'ann', to: 'bob', reason: 'next in line', kind: 'failover', at: iso(T0 + 42_000) });
+});
+
+test('a lapsed lease under onLeaseExpired fail fails the attempt and schedules the retry while retries remain', () => {
+  for (const from of HOLDING) {
+    const sim = reach(from, { leaseSeconds: 30, onLeaseExpired: 'fail' });
+    const fireAt = sim.timers.lease!;
+    const effects = sim.fire('lease');
+    assert.is(sim.status, 'failed', from);
+    assert.is(sim.task.error, 'The agent ann stopped renewing its lease of 30 s.');
+    assert.equal(effects, [...(from === 'accepted' ? [] : [cancel('timeout')]), sched('retry', fireAt + 100)], from);
+    assert.equal(sim.timers, { deadline: T0 + HOUR, retry: fireAt + 100 });
+    assert.is(sim.task.retryAt, iso(fireAt + 100));
+    assert.is(sim.task.leaseExpiresAt, null);
+    assert.is(sim.task.completedAt, iso(fireAt));
+    assert.is(sim.task.inputRequest, null);
+  }
+});
+
+test('a lapsed lease under onLeaseExpired fail with no retries left fails for good and cancels every timer', () => {
+  for (const from of HOLDING) {
+    const sim = reach(from, { leaseSeconds: 30, onLeaseExpired: 'fail', maxRetries: 0 });
+    const effects = sim.fire('lease');
+    assert.is(sim.status, 'failed', from);
+    assert.equal(effects, [from === 'accepted' ? cancel('deadline') : cancel('deadline', 'timeout')], from);
+    assert.equal(sim.timers, {});
+    assert.is(sim.task.retryAt, null);
+    sim.send({ type: 'task.archive' });
+    assert.is(sim.task.archived, true, 'it is finished for good');
+  }
+});
+
+test('a stale lease timer (another fireAt) changes nothing', () => {
+  for (const policy of ['reoffer', 'fail'] as const) {
+    const sim = reach('in_progress', { leaseSeconds: 30, onLeaseExpired: policy });
+    const fireAt = sim.timers.lease!;
+    sim.refuse({ type: 'timer.fired', name: 'lease', fireAt: fireAt - 1 }, { at: fireAt, by: 'system' });
+    sim.refuse({ type: 'timer.fired', name: 'lease', fireAt: fireAt + 1 }, { at: fireAt + 1, by: 'system' });
+  }
+  // The lease of the previous holder is stale once the task was delegated and accepted again.
+  const sim = reach('in_progress', { leaseSeconds: 30 });
+  const old = sim.timers.lease!;
+  sim.send({ type: 'task.delegate', agentId: 'bob' });
+  sim.refuse({ type: 'timer.fired', name: 'lease', fireAt: old }, { at: old, by: 'system' });
+  sim.send({ type: 'task.accept' }, { by: 'bob' });
+  assert.is.not(sim.timers.lease, old);
+  sim.refuse({ type: 'timer.fired', name: 'lease', fireAt: old }, { at: old, by: 'system' });
+});
+
+// ── Offers ────────────────────────────────────────────────────────────────
+
+test('an assignment with an offer timeout schedules the offer timer; accepting cancels it', () => {
+  const sim = fresh({ offerTimeoutSeconds: 20, leaseSeconds: 30 });
+  assert.equal(sim.send({ type: 'task.assign', agentId: 'ann' }, { at: T0 + 1_000 }), [sched('offer', T0 + 21_000)]);
+  assert.is(sim.task.offerExpiresAt, iso(T0 + 21_000));
+  assert.equal(sim.timers, { offer: T0 + 21_000 });
+  assert.equal(sim.send({ type: 'task.accept' }, { at: T0 + 5_000, by: 'ann' }), [cancel('offer'), sched('lease', T0 + 35_000)]);
+  assert.is(sim.task.offerExpiresAt, null);
+  assert.equal(sim.timers, { lease: T0 + 35_000 });
+  sim.refuse({ type: 'timer.fired', name: 'offer', fireAt: T0 + 21_000 }, { at: T0 + 21_000, by: 'system' });
+});
+
+test('an offer timeout arms the offer for an assignee named at creation', () => {
+  const sim = new Sim();
+  assert.equal(sim.send(create({ assignTo: 'ann', offerTimeoutSeconds: 20 }), { at: T0 }), [sched('offer', T0 + 20_000), cancel('deadline')]);
+  assert.is(sim.task.offerExpiresAt, iso(T0 + 20_000));
+  assert.equal(sim.timers, { offer: T0 + 20_000 });
+});
+
+test('an offer not accepted in time returns the task to pending with the agent recorded as declining', () => {
+  const sim = fresh({ offerTimeoutSeconds: 20 });
+  sim.send({ type: 'task.assign', agentId: 'ann' }, { at: T0 + 1_000 });
+  const effects = sim.fire('offer');
+  assert.is(sim.status, 'pending');
+  assert.equal(effects, []);
+  assert.equal(sim.timers, {});
+  assert.is(sim.task.assignedTo, null);
+  assert.is(sim.task.assignedAt, null);
+  assert.is(sim.task.offerExpiresAt, null);
+  assert.equal(sim.task.releasedBy, { agentId: 'ann', why: 'offer_expired' });
+  assert.equal(sim.task.rejections, [{ by: 'ann', reason: 'did not accept within 20 s', at: iso(T0 + 21_000), round: 0 }]);
+  // Assigning again re-arms the offer; the link names the agent that let the offer lapse.
+  assert.equal(sim.send({ type: 'task.assign', agentId: 'bob' }, { at: T0 + 22_000 }), [sched('offer', T0 + 42_000)]);
+  assert.is(sim.task.offerExpiresAt, iso(T0 + 42_000));
+  assert.equal(lastLink(sim), { from: 'ann', to: 'bob', reason: 'assigned', kind: 'manual', at: iso(T0 + 22_000) });
+});
+
+test('with autoAssign, a lapsed offer asks for the next agent at the firing time', () => {
+  const sim = new Sim();
+  assert.equal(sim.send(create({ autoAssign: true, offerTimeoutSeconds: 20 }), { at: T0 }), [sched('assign', T0), cancel('deadline')]);
+  assert.equal(sim.send({ type: 'task.assign', agentId: 'ann', kind: 'automatic' }, { at: T0 + 1_000, by: 'system' }), [cancel('assign'), sched('offer', T0 + 21_000)]);
+  assert.equal(sim.fire('offer'), [sched('assign', T0 + 21_000)]);
+  assert.equal(sim.timers, { assign: T0 + 21_000 });
+  assert.equal(sim.task.releasedBy, { agentId: 'ann', why: 'offer_expired' });
+});
+
+test('reassigning an offered task re-arms the offer and makes the old offer timer stale; rejecting cancels it', () => {
+  const sim = fresh({ offerTimeoutSeconds: 20 });
+  sim.send({ type: 'task.assign', agentId: 'ann' }, { at: T0 + 1_000 });
+  assert.equal(sim.send({ type: 'task.assign', agentId: 'bob', reason: 'ann is away' }, { at: T0 + 5_000 }), [sched('offer', T0 + 25_000)]);
+  assert.is(sim.task.offerExpiresAt, iso(T0 + 25_000));
+  assert.equal(sim.timers, { offer: T0 + 25_000 });
+  sim.refuse({ type: 'timer.fired', name: 'offer', fireAt: T0 + 21_000 }, { at: T0 + 21_000, by: 'system' });
+  assert.equal(sim.send({ type: 'task.reject', reason: 'busy' }, { at: T0 + 6_000, by: 'bob' }), [cancel('offer')]);
+  assert.is(sim.status, 'pending');
+  assert.is(sim.task.offerExpiresAt, null);
+  assert.equal(sim.timers, {});
+  assert.equal(sim.task.rejections, [{ by: 'bob', reason: 'busy', at: iso(T0 + 6_000), round: 0 }]);
+  assert.equal(sim.task.releasedBy, { agentId: 'bob', why: 'rejected' });
+});
+
+// ── Auto-assignment ───────────────────────────────────────────────────────
+
+test('an auto-assigned task asks for an agent (assign timer at the event time) when created pending', () => {
+  const sim = new Sim();
+  assert.equal(sim.send(create({ autoAssign: true, assignmentStrategy: 'least_loaded' }), { at: T0 }), [sched('assign', T0), cancel('deadline')]);
+  assert.equal(sim.timers, { assign: T0 });
+  assert.is(sim.task.autoAssign, true);
+  assert.is(sim.task.assignmentStrategy, 'least_loaded');
+  assert.is(sim.task.assignmentRound, 0);
+  assert.is(sim.task.waitingForAgent, null);
+  const withDeadline = new Sim();
+  assert.equal(withDeadline.send(create({ autoAssign: true, deadline: iso(T0 + HOUR) }), { at: T0 }), [sched('assign', T0), sched('deadline', T0 + HOUR)]);
+  assert.equal(withDeadline.timers, { assign: T0, deadline: T0 + HOUR });
+  // Created with an assignee, it needs no assignment; without autoAssign it never asks.
+  assert.equal(new Sim().send(create({ autoAssign: true, assignTo: 'ann' }), { at: T0 }), [cancel('deadline')]);
+  assert.equal(new Sim().send(create(), { at: T0 }), [cancel('deadline')]);
+});
+
+test('task.assign cancels a pending assign timer and takes its reason and kind from the event', () => {
+  const sim = fresh({ autoAssign: true });
+  assert.equal(sim.send({ type: 'task.assign', agentId: 'ann', reason: 'round robin', kind: 'automatic' }, { at: T0 + 5, by: 'system' }), [cancel('assign')]);
+  assert.equal(sim.timers, {});
+  assert.equal(sim.task.delegations, [{ from: null, to: 'ann', reason: 'round robin', kind: 'automatic', at: iso(T0 + 5) }]);
+});
+
+test('with autoAssign, a rejection asks for the next agent at once', () => {
+  for (const from of ['assigned', 'accepted'] as const) {
+    const sim = reach(from, { autoAssign: true, leaseSeconds: 30 });
+    const at = sim.at + 1_000;
+    const effects = sim.send({ type: 'task.reject', reason: 'busy' }, { at, by: 'ann' });
+    assert.equal(effects, from === 'accepted' ? [cancel('lease'), sched('assign', at)] : [sched('assign', at)], from);
+    assert.equal(sim.timers, { deadline: T0 + HOUR, assign: at });
+    assert.equal(sim.task.releasedBy, { agentId: 'ann', why: 'rejected' });
+    assert.is(sim.task.leaseExpiresAt, null);
+  }
+});
+
+test('with autoAssign, a retry reopening the task asks for an agent at once', () => {
+  const sim = reach('failed (retry pending)', { autoAssign: true });
+  const fireAt = sim.timers.retry!;
+  assert.equal(sim.fire('retry'), [sched('assign', fireAt)]);
+  assert.equal(sim.timers, { deadline: T0 + HOUR, assign: fireAt });
+  assert.is(sim.task.assignmentRound, 1);
+  assert.is(sim.task.waitingForAgent, null);
+
+  const manual = reach('failed (retry pending)', { autoAssign: true });
+  const at = manual.at + 1_000;
+  assert.equal(manual.send({ type: 'task.retry' }, { at }), [cancel('retry'), sched('assign', at)]);
+  assert.equal(manual.timers, { deadline: T0 + HOUR, assign: at });
+
+  // A task that failed for good forgot its timers: the deadline comes back with the assignment.
+  const final = reach('failed (final)', { autoAssign: true });
+  const at2 = final.at + 1_000;
+  assert.equal(final.send({ type: 'task.retry' }, { at: at2 }), [sched('assign', at2), sched('deadline', T0 + HOUR)]);
+});
+
+test('task.awaitAgent starts a new assignment round, records the wait (since kept) and retries at retryAt', () => {
+  const sim = fresh({ autoAssign: true });
+  const effects = sim.send({ type: 'task.awaitAgent', reason: 'no agent online', retryAt: T0 + 30_000 }, { at: T0 + 1_000, by: 'system' });
+  assert.is(sim.status, 'pending');
+  assert.equal(effects, [sched('assign', T0 + 30_000)]);
+  assert.equal(sim.timers, { assign: T0 + 30_000 });
+  assert.is(sim.task.assignmentRound, 1);
+  assert.equal(sim.task.waitingForAgent, { reason: 'no agent online', since: iso(T0 + 1_000), retryAt: iso(T0 + 30_000) });
+
+  sim.send({ type: 'task.awaitAgent', reason: 'every agent is busy', retryAt: T0 + 90_000 }, { at: T0 + 30_000, by: 'system' });
+  assert.equal(sim.effects, [sched('assign', T0 + 90_000)]);
+  assert.is(sim.task.assignmentRound, 2);
+  assert.equal(sim.task.waitingForAgent, { reason: 'every agent is busy', since: iso(T0 + 1_000), retryAt: iso(T0 + 90_000) });
+
+  // An assignment ends the wait; the round stays.
+  assert.equal(sim.send({ type: 'task.assign', agentId: 'ann', reason: 'least loaded', kind: 'automatic' }, { at: T0 + 90_000, by: 'system' }), [cancel('assign')]);
+  assert.is(sim.task.waitingForAgent, null);
+  assert.is(sim.task.assignmentRound, 2);
+  assert.equal(sim.task.delegations, [{ from: null, to: 'ann', reason: 'least loaded', kind: 'automatic', at: iso(T0 + 90_000) }]);
+  sim.refuse({ type: 'task.awaitAgent', reason: 'x', retryAt: T0 + HOUR }, { by: 'system' });
+});
+
+test('rejections carry the assignment round they happened in, and the next link starts from the agent that released the task', () => {
+  const sim = fresh({ autoAssign: true });
+  sim.send({ type: 'task.assign', agentId: 'ann', kind: 'automatic' }, { at: T0 + 1_000, by: 'system' });
+  assert.equal(sim.send({ type: 'task.reject', reason: 'busy' }, { at: T0 + 2_000, by: 'ann' }), [sched('assign', T0 + 2_000)]);
+  sim.send({ type: 'task.awaitAgent', reason: 'only ann is online', retryAt: T0 + 3_500 }, { at: T0 + 3_000, by: 'system' });
+  sim.send({ type: 'task.assign', agentId: 'bob', reason: 'came online', kind: 'load_balance' }, { at: T0 + 4_000, by: 'system' });
+  sim.send({ type: 'task.reject', reason: 'no time' }, { at: T0 + 5_000, by: 'bob' });
+  assert.equal(sim.task.rejections, [
+    { by: 'ann', reason: 'busy', at: iso(T0 + 2_000), round: 0 },
+    { by: 'bob', reason: 'no time', at: iso(T0 + 5_000), round: 1 },
+  ]);
+  assert.equal(sim.task.delegations, [
+    { from: null, to: 'ann', reason: 'assigned', kind: 'automatic', at: iso(T0 + 1_000) },
+    { from: 'ann', to: 'bob', reason: 'came online', kind: 'load_balance', at: iso(T0 + 4_000) },
+  ]);
+});
+
+test('after a retry reopens a task, the next link does not name an agent that released it before the failed attempt', () => {
+  // The same history with and without an early rejection by ann: in both, bob held the task
+  // last and failed; the link to cy must not claim the task came from ann.
+  const history = (rejectFirst: boolean): Sim => {
+    const sim = fresh({ maxRetries: 1, retryBackoffMs: 100 });
+    if (rejectFirst) {
+      sim.send({ type: 'task.assign', agentId: 'ann' });
+      sim.send({ type: 'task.reject', reason: 'busy' }, { by: 'ann' });
+    }
+    sim.send({ type: 'task.assign', agentId: 'bob' });
+    sim.send({ type: 'task.accept' }, { by: 'bob' });
+    sim.send({ type: 'task.start' }, { by: 'bob' });
+    sim.send({ type: 'task.fail', error: 'crashed' }, { by: 'bob' });
+    sim.fire('retry');
+    sim.send({ type: 'task.assign', agentId: 'cy' });
+    return sim;
+  };
+  assert.is(lastLink(history(false))!.from, null);
+  assert.is(lastLink(history(true))!.from, null, 'the link after the retry names ann, who gave the task up before bob held it');
+});
+
+// ── Delegation ────────────────────────────────────────────────────────────
+
+test('task.delegate hands the task to a new agent from assigned, accepted, in_progress and input_required', () => {
+  for (const from of ['assigned', ...HOLDING] as const) {
+    const sim = reach(from, { leaseSeconds: 30, offerTimeoutSeconds: 20 });
+    const before = Object.keys(sim.timers);
+    const at = sim.at + 1_000;
+    const effects = sim.send({ type: 'task.delegate', agentId: 'bob', reason: 'ann is overloaded', kind: 'load_balance' }, { at });
+    assert.is(sim.status, 'assigned', from);
+    // Lease and attempt timeout go; the offer is armed anew for bob.
+    const cancelled = ['lease', 'timeout'].filter((n) => before.includes(n));
+    assert.equal(effects, [...(cancelled.length > 0 ? [cancel(...cancelled)] : []), sched('offer', at + 20_000)], from);
+    assert.equal(sim.timers, { deadline: T0 + HOUR, offer: at + 20_000 }, from);
+    const t = sim.task;
+    assert.is(t.assignedTo, 'bob');
+    assert.is(t.assignedAt, iso(at));
+    assert.is(t.acceptedAt, null);
+    assert.is(t.startedAt, null);
+    assert.is(t.leaseExpiresAt, null);
+    assert.is(t.offerExpiresAt, iso(at + 20_000));
+    assert.equal(t.delegations, [
+      { from: null, to: 'ann', reason: 'assigned', kind: 'manual', at: t.delegations[0]!.at },
+      { from: 'ann', to: 'bob', reason: 'ann is overloaded', kind: 'load_balance', at: iso(at) },
+    ]);
+  }
+});
+
+test('task.delegate without an offer timeout arms nothing, and defaults to reason delegated and kind manual', () => {
+  for (const from of HOLDING) {
+    const sim = reach(from, { leaseSeconds: 30 });
+    const effects = sim.send({ type: 'task.delegate', agentId: 'cy' });
+    assert.equal(effects, [from === 'accepted' ? cancel('lease') : cancel('lease', 'timeout')], from);
+    assert.equal(sim.timers, { deadline: T0 + HOUR });
+    assert.is(sim.task.offerExpiresAt, null);
+    assert.equal(lastLink(sim), { from: 'ann', to: 'cy', reason: 'delegated', kind: 'manual', at: iso(sim.at) });
+    // bob is now offered the task like any assignee.
+    sim.send({ type: 'task.accept' }, { by: 'cy' });
+    assert.is(sim.timers.lease, sim.at + 30_000);
+  }
+});
+
+test('task.delegate is refused while pending, failed or finished', () => {
+  const body: TaskEventBody = { type: 'task.delegate', agentId: 'bob', reason: 'x', kind: 'manual' };
+  for (const from of ['pending', 'failed (retry pending)', 'failed (final)', 'completed', 'cancelled', 'timed_out'] as Reachable[]) {
+    reach(from).refuse(body);
+  }
+});
+
+// ── Staged tasks ──────────────────────────────────────────────────────────
+
+test('a staged task rests in staged with no effects and accepts only activate, cancel and delete', () => {
+  const sim = new Sim();
+  const effects = sim.send(create({ staged: true, autoAssign: true, deadline: iso(T0 + HOUR) }), { at: T0 });
+  assert.is(sim.status, 'staged');
+  assert.equal(effects, []);
+  assert.equal(sim.timers, {});
+  assert.is(sim.snapshot.context.stagedAssignee, null);
+  for (const body of ALL_EVENTS) if (body.type !== 'task.cancel' && body.type !== 'task.delete') sim.refuse(body);
+  sim.refuse({ type: 'task.awaitAgent', reason: 'x', retryAt: T0 });
+  sim.refuse({ type: 'task.delegate', agentId: 'bob' });
+});
+
+test('activating a staged task makes it pending, asking for an agent when auto-assigned, and arms its deadline', () => {
+  const plain = new Sim();
+  plain.send(create({ staged: true }), { at: T0 });
+  assert.equal(plain.send({ type: 'task.activate' }, { at: T0 + 1_000 }), [cancel('deadline')]);
+  assert.is(plain.status, 'pending');
+  assert.is(plain.task.updatedAt, iso(T0 + 1_000));
+
+  const auto = new Sim();
+  auto.send(create({ staged: true, autoAssign: true, deadline: iso(T0 + HOUR) }), { at: T0 });
+  assert.equal(auto.send({ type: 'task.activate' }, { at: T0 + 1_000 }), [sched('assign', T0 + 1_000), sched('deadline', T0 + HOUR)]);
+  assert.is(auto.status, 'pending');
+  assert.equal(auto.timers, { assign: T0 + 1_000, deadline: T0 + HOUR });
+});
+
+test('activating a staged task created with assignTo assigns it at activation', () => {
+  const sim = new Sim();
+  sim.send(create({ staged: true, assignTo: 'ann', offerTimeoutSeconds: 20 }), { at: T0 });
+  assert.is(sim.status, 'staged');
+  assert.is(sim.task.assignedTo, null, 'not assigned while staged');
+  assert.is(sim.snapshot.context.stagedAssignee, 'ann');
+  assert.equal(sim.send({ type: 'task.activate' }, { at: T0 + 1_000 }), [sched('offer', T0 + 21_000), cancel('deadline')]);
+  assert.is(sim.status, 'assigned');
+  assert.is(sim.task.assignedTo, 'ann');
+  assert.is(sim.task.assignedAt, iso(T0 + 1_000));
+  assert.equal(sim.task.delegations, [{ from: null, to: 'ann', reason: 'assigned at creation', kind: 'manual', at: iso(T0 + 1_000) }]);
+});
+
+test('activation forgets the staged assignee, as the activate action means to', () => {
+  for (const assignTo of ['ann', undefined]) {
+    const sim = new Sim();
+    sim.send(create({ staged: true, ...(assignTo ? { assignTo } : {}) }), { at: T0 });
+    sim.send({ type: 'task.activate' }, { at: T0 + 1_000 });
+    assert.not.ok('stagedAssignee' in sim.snapshot.context, `stagedAssignee is still ${JSON.stringify(sim.snapshot.context.stagedAssignee)} after activation`);
+  }
+});
+
+test('task.activate with an input puts it in parameters.input, keeping the other parameters', () => {
+  const sim = new Sim();
+  sim.send(create({ staged: true, parameters: { lang: 'en' } }), { at: T0 });
+  sim.send({ type: 'task.activate', input: [{ subtaskId: 'm1', result: 1 }] }, { at: T0 + 1_000 });
+  assert.equal(sim.task.parameters, { lang: 'en', input: [{ subtaskId: 'm1', result: 1 }] });
+  const nullInput = new Sim();
+  nullInput.send(create({ staged: true, parameters: { lang: 'en' } }), { at: T0 });
+  nullInput.send({ type: 'task.activate', input: null }, { at: T0 + 1_000 });
+  assert.equal(nullInput.task.parameters, { lang: 'en', input: null }, 'a null input is an input');
+});
+
+test('a staged task can be cancelled or deleted', () => {
+  const sim = new Sim();
+  sim.send(create({ staged: true }), { at: T0 });
+  assert.equal(sim.send({ type: 'task.cancel', reason: 'plan changed' }, { at: T0 + 1_000 }), []);
+  assert.is(sim.status, 'cancelled');
+  assert.is(sim.task.error, 'plan changed');
+  assert.is(sim.task.completedAt, iso(T0 + 1_000));
+
+  const gone = new Sim();
+  gone.send(create({ staged: true }), { at: T0 });
+  assert.equal(gone.send({ type: 'task.delete' }, { at: T0 + 1_000 }), []);
+  assert.is(gone.status, 'deleted');
+  assert.is(gone.snapshot.status, 'done');
+});
+
+// ── Distributed parents ───────────────────────────────────────────────────
+
+function slot(id: string): SubtaskSlot {
+  return { id, status: 'waiting', result: null, error: null, agent: null, settledOrder: null };
+}
+
+function dist(coordination: Coordination, mode: CompletionMode, ids: string[], opts: { threshold?: number | null; aggregation?: Aggregation } = {}): Distribution {
+  return { coordination, completion: { mode, threshold: opts.threshold ?? null }, aggregation: opts.aggregation ?? 'combine_results', subtasks: ids.map(slot) };
+}
+
+const ABC = ['a', 'b', 'c'];
+
+/** A staged parent (itself a subtask of `root`) with a deadline, created at T0. */
+function stagedParent(d: Distribution): Sim {
+  const sim = new Sim();
+  sim.send(create({ staged: true, distribution: d, parentTaskId: 'root', deadline: iso(T0 + HOUR) }), { at: T0 });
+  return sim;
+}
+
+/** A parent activated at T0 + 1 s; the clock then moves 1 s per event. */
+function runningParent(d: Distribution): Sim {
+  const sim = stagedParent(d);
+  sim.send({ type: 'task.activate' }, { at: T0 + 1_000 });
+  return sim;
+}
+
+type Outcome = 'completed' | 'failed' | 'cancelled' | 'timed_out';
+const done = (subtaskId: string, result: unknown, agent: string | null = null): TaskEventBody => ({ type: 'task.subtaskSettled', subtaskId, status: 'completed', result, error: null, agent });
+const broke = (subtaskId: string, status: Outcome = 'failed', error: string | null = null): TaskEventBody => ({ type: 'task.subtaskSettled', subtaskId, status, result: null, error, agent: null });
+
+test('activating a staged distributed parent starts it (in_progress) and activates its first subtasks', () => {
+  const cases: [Coordination, string[]][] = [
+    ['parallel', ['a', 'b', 'c']],
+    ['map_reduce', ['a', 'b']],
+    ['sequential', ['a']],
+    ['pipeline', ['a']],
+  ];
+  for (const [coordination, first] of cases) {
+    const sim = stagedParent(dist(coordination, 'all', ABC));
+    assert.is(sim.status, 'staged');
+    assert.equal(sim.effects, []);
+    const effects = sim.send({ type: 'task.activate' }, { at: T0 + 1_000 });
+    assert.is(sim.status, 'in_progress', coordination);
+    assert.equal(effects, [...first.map((id) => activateFx(id)), sched('deadline', T0 + HOUR)], coordination);
+    assert.is(sim.task.startedAt, iso(T0 + 1_000));
+    assert.equal(
+      sim.task.distribution!.subtasks,
+      ABC.map((id) => ({ ...slot(id), status: first.includes(id) ? 'active' : 'waiting' })),
+      coordination,
+    );
+    assert.equal(sim.timers, { deadline: T0 + HOUR });
+  }
+});
+
+test('completion all: the parent completes when every subtask succeeded, combining results in subtask order', () => {
+  const sim = runningParent(dist('parallel', 'all', ABC));
+  assert.equal(sim.send(done('b', { n: 2 }, 'bob')), []);
+  assert.is(sim.status, 'in_progress');
+  assert.equal(sim.task.distribution!.subtasks[1], { id: 'b', status: 'completed', result: { n: 2 }, error: null, agent: 'bob', settledOrder: 1 });
+  assert.equal(sim.send(done('c', { n: 3 }, 'cy')), []);
+  const effects = sim.send(done('a', { n: 1 }, 'ann'));
+  assert.is(sim.status, 'completed');
+  const result = [
+    { subtaskId: 'a', agent: 'ann', result: { n: 1 } },
+    { subtaskId: 'b', agent: 'bob', result: { n: 2 } },
+    { subtaskId: 'c', agent: 'cy', result: { n: 3 } },
+  ];
+  assert.equal(sim.task.result, result);
+  assert.is(sim.task.error, null);
+  assert.is(sim.task.completedAt, iso(sim.at));
+  assert.equal(effects, [cancel('deadline'), notice('root', { status: 'completed', result })]);
+  assert.equal(sim.timers, {});
+});
+
+test('completion all: the first failure fails the parent and cancels the unsettled subtasks; late reports are ignored', () => {
+  const sim = runningParent(dist('parallel', 'all', ABC));
+  sim.send(done('a', 1));
+  const effects = sim.send(broke('b', 'failed', 'boom'));
+  assert.is(sim.status, 'failed');
+  const error = '1 of 3 subtasks succeeded but 3 must (completion: all); b failed (boom).';
+  assert.is(sim.task.error, error);
+  assert.is(sim.task.retryAt, null);
+  assert.equal(effects, [cancel('deadline'), notice('root', { status: 'failed', error }), cancelFx('c', 'the parent task failed')]);
+  sim.refuse(broke('c', 'cancelled', 'the parent task failed'));
+  sim.refuse(done('c', 3));
+});
+
+test('completion any with first_complete: the first success completes the parent with that result', () => {
+  const sim = runningParent(dist('parallel', 'any', ABC, { aggregation: 'first_complete' }));
+  assert.equal(sim.send(broke('a', 'timed_out')), []);
+  const effects = sim.send(done('c', 'C', 'cy'));
+  assert.is(sim.status, 'completed');
+  const result = { subtaskId: 'c', agent: 'cy', result: 'C' };
+  assert.equal(sim.task.result, result);
+  assert.equal(effects, [cancel('deadline'), notice('root', { status: 'completed', result }), cancelFx('b', 'the parent task was completed')]);
+  sim.refuse(done('b', 'B', 'bob'));
+});
+
+test('completion majority: two of three complete the parent; two failures of three fail it', () => {
+  const win = runningParent(dist('parallel', 'majority', ABC));
+  assert.equal(win.send(done('a', 1)), []);
+  const effects = win.send(done('b', 2));
+  assert.is(win.status, 'completed');
+  const result = [
+    { subtaskId: 'a', agent: null, result: 1 },
+    { subtaskId: 'b', agent: null, result: 2 },
+  ];
+  assert.equal(effects, [cancel('deadline'), notice('root', { status: 'completed', result }), cancelFx('c', 'the parent task was completed')]);
+
+  const lose = runningParent(dist('parallel', 'majority', ['a', 'b', 'c', 'd']));
+  lose.send(done('a', 1));
+  assert.equal(lose.send(broke('b')), [], 'three of four can still succeed');
+  const lost = lose.send(broke('c', 'cancelled'));
+  assert.is(lose.status, 'failed');
+  const error = '1 of 4 subtasks succeeded but 3 must (completion: majority); b failed; c cancelled.';
+  assert.equal(lost, [cancel('deadline'), notice('root', { status: 'failed', error }), cancelFx('d', 'the parent task failed')]);
+});
+
+test('completion threshold: the parent completes at the threshold and fails once it is out of reach', () => {
+  const sim = runningParent(dist('parallel', 'threshold', ['a', 'b', 'c', 'd'], { threshold: 2 }));
+  assert.equal(sim.send(broke('a')), []);
+  assert.equal(sim.send(broke('b')), [], 'two of the remaining two can still succeed');
+  assert.equal(sim.send(done('c', 'C')), []);
+  const effects = sim.send(done('d', 'D'));
+  assert.is(sim.status, 'completed');
+  const result = [
+    { subtaskId: 'c', agent: null, result: 'C' },
+    { subtaskId: 'd', agent: null, result: 'D' },
+  ];
+  assert.equal(effects, [cancel('deadline'), notice('root', { status: 'completed', result })]);
+
+  const three = runningParent(dist('parallel', 'threshold', ['a', 'b', 'c', 'd'], { threshold: 3 }));
+  three.send(broke('a'));
+  const effects2 = three.send(broke('b', 'timed_out'));
+  assert.is(three.status, 'failed');
+  const error = '0 of 4 subtasks succeeded but 3 must (completion: threshold); a failed; b timed_out.';
+  assert.equal(effects2, [
+    cancel('deadline'),
+    notice('root', { status: 'failed', error }),
+    cancelFx('c', 'the parent task failed'),
+    cancelFx('d', 'the parent task failed'),
+  ]);
+});
+
+test('completion best_of: the parent waits for every subtask and picks the highest numeric score', () => {
+  const sim = runningParent(dist('parallel', 'best_of', ABC));
+  assert.equal(sim.send(done('a', { score: 0.2, text: 'A' }, 'ann')), []);
+  assert.equal(sim.send(done('b', { score: 0.7, text: 'B' }, 'bob')), [], 'best_of waits for everyone');
+  assert.is(sim.status, 'in_progress');
+  const effects = sim.send(broke('c'));
+  assert.is(sim.status, 'completed');
+  const result = { subtaskId: 'b', agent: 'bob', result: { score: 0.7, text: 'B' }, score: 0.7 };
+  assert.equal(sim.task.result, result);
+  assert.equal(effects, [cancel('deadline'), notice('root', { status: 'completed', result })]);
+});
+
+test('majority_vote aggregation: equal results (whatever their key order) vote together', () => {
+  const sim = runningParent(dist('parallel', 'all', ABC, { aggregation: 'majority_vote' }));
+  sim.send(done('a', { answer: 'yes', n: 1 }));
+  sim.send(done('b', { answer: 'no' }));
+  sim.send(done('c', { n: 1, answer: 'yes' }));
+  assert.is(sim.status, 'completed');
+  assert.equal(sim.task.result, { value: { answer: 'yes', n: 1 }, votes: 2, of: 3 });
+
+  const tie = runningParent(dist('parallel', 'all', ['a', 'b'], { aggregation: 'majority_vote' }));
+  tie.send(done('b', 'B'));
+  tie.send(done('a', 'A'));
+  assert.equal(tie.task.result, { value: 'B', votes: 1, of: 2 }, 'a tie goes to the value that arrived first');
+});
+
+test('sequential: each success activates the next subtask, without input', () => {
+  const sim = runningParent(dist('sequential', 'all', ABC));
+  assert.equal(sim.send(done('a', 1)), [activateFx('b')]);
+  assert.equal(sim.task.distribution!.subtasks.map((s) => s.status), ['completed', 'active', 'waiting']);
+  assert.equal(sim.send(done('b', 2)), [activateFx('c')]);
+  sim.send(done('c', 3));
+  assert.is(sim.status, 'completed');
+});
+
+test('pipeline: each stage is activated with the previous stage result as input; a failure stops it', () => {
+  const sim = runningParent(dist('pipeline', 'all', ABC));
+  assert.equal(sim.send(done('a', { text: 'draft' }, 'ann')), [activateFx('b', { text: 'draft' })]);
+  assert.equal(sim.send(done('b', { text: 'edited' }, 'bob')), [activateFx('c', { text: 'edited' })]);
+  const effects = sim.send(done('c', { text: 'final' }, 'cy'));
+  assert.is(sim.status, 'completed');
+  const result = [
+    { subtaskId: 'a', agent: 'ann', result: { text: 'draft' } },
+    { subtaskId: 'b', agent: 'bob', result: { text: 'edited' } },
+    { subtaskId: 'c', agent: 'cy', result: { text: 'final' } },
+  ];
+  assert.equal(effects, [cancel('deadline'), notice('root', { status: 'completed', result })]);
+
+  const broken = runningParent(dist('pipeline', 'all', ABC));
+  broken.send(done('a', 'A'));
+  const failed = broken.send(broke('b', 'failed', 'bad input'));
+  assert.is(broken.status, 'failed');
+  const error = '1 of 3 subtasks succeeded but 3 must (completion: all); b failed (bad input).';
+  assert.equal(failed, [cancel('deadline'), notice('root', { status: 'failed', error }), cancelFx('c', 'the parent task failed')]);
+});
+
+test('map_reduce: the reducer starts with the successful mapper results once the mappers satisfy the rule, and decides the parent', () => {
+  const sim = runningParent(dist('map_reduce', 'majority', ['m1', 'm2', 'm3', 'r']));
+  assert.equal(sim.send(done('m2', 'two')), []);
+  const effects = sim.send(done('m1', 'one'));
+  assert.is(sim.status, 'in_progress');
+  assert.equal(effects, [
+    activateFx('r', [
+      { subtaskId: 'm1', result: 'one' },
+      { subtaskId: 'm2', result: 'two' },
+    ]),
+    cancelFx('m3', 'no longer needed'),
+  ]);
+  assert.equal(sim.task.distribution!.subtasks.map((s) => s.status), ['completed', 'completed', 'active', 'active']);
+  assert.equal(sim.send(broke('m3', 'cancelled', 'no longer needed')), [], 'the cancelled mapper reports back; nothing follows');
+  const final = sim.send(done('r', { total: 2 }, 'ann'));
+  assert.is(sim.status, 'completed');
+  assert.equal(sim.task.result, { total: 2 });
+  assert.equal(final, [cancel('deadline'), notice('root', { status: 'completed', result: { total: 2 } })]);
+});
+
+test('map_reduce: a failing reducer fails the parent; mappers that cannot satisfy the rule fail it and cancel the reducer', () => {
+  const sim = runningParent(dist('map_reduce', 'all', ['m1', 'm2', 'r']));
+  sim.send(done('m1', 1));
+  assert.equal(sim.send(done('m2', 2)), [
+    activateFx('r', [
+      { subtaskId: 'm1', result: 1 },
+      { subtaskId: 'm2', result: 2 },
+    ]),
+  ]);
+  const effects = sim.send(broke('r', 'failed', 'oom'));
+  assert.is(sim.status, 'failed');
+  assert.equal(effects, [cancel('deadline'), notice('root', { status: 'failed', error: 'The reduce subtask r failed: oom.' })]);
+
+  const early = runningParent(dist('map_reduce', 'all', ['m1', 'm2', 'r']));
+  const failed = early.send(broke('m2', 'timed_out'));
+  assert.is(early.status, 'failed');
+  const error = '0 of 2 subtasks succeeded but 2 must (completion: all); m2 timed_out.';
+  assert.equal(failed, [
+    cancel('deadline'),
+    notice('root', { status: 'failed', error }),
+    cancelFx('m1', 'the parent task failed'),
+    cancelFx('r', 'the parent task failed'),
+  ]);
+});
+
+test('duplicate and unknown subtask reports change neither the distribution nor the state, and emit nothing', () => {
+  const sim = runningParent(dist('parallel', 'all', ABC));
+  sim.send(done('a', 1, 'ann'));
+  const d = sim.task.distribution;
+  assert.equal(sim.send(done('a', 99, 'bob')), []);
+  assert.equal(sim.send(broke('a', 'failed', 'late')), []);
+  assert.equal(sim.send(done('zz', 1)), []);
+  assert.is(sim.status, 'in_progress');
+  assert.equal(sim.task.distribution, d);
+});
+
+test('duplicate and unknown subtask reports leave the parent untouched (updatedAt included)', () => {
+  const sim = runningParent(dist('parallel', 'all', ABC));
+  sim.send(done('a', 1, 'ann'));
+  ignores(sim, done('a', 99, 'bob'));
+  ignores(sim, done('zz', 1));
+});
+
+test('a parent that decided ignores late reports: no transition (the runtime consumes the message), no change, no effect', () => {
+  const completed = runningParent(dist('parallel', 'any', ABC));
+  completed.send(done('a', 1));
+  assert.is(completed.status, 'completed');
+  completed.refuse(broke('b', 'cancelled'));
+  completed.refuse(done('c', 3));
+  const failed = runningParent(dist('parallel', 'all', ABC));
+  failed.send(broke('a'));
+  assert.is(failed.status, 'failed');
+  failed.refuse(done('b', 2));
+  const cancelled = runningParent(dist('parallel', 'all', ABC));
+  cancelled.send({ type: 'task.cancel' });
+  cancelled.refuse(broke('a', 'cancelled'));
+  const timedOut = runningParent(dist('parallel', 'all', ABC));
+  timedOut.fire('deadline');
+  timedOut.refuse(broke('a', 'cancelled'));
+  const archived = runningParent(dist('parallel', 'any', ABC));
+  archived.send(done('a', 1));
+  archived.send({ type: 'task.archive' });
+  archived.refuse(done('b', 2));
+});
+
+test('cancelling a parent cancels its unsettled subtasks (waiting ones too) and tells its own parent', () => {
+  const sim = runningParent(dist('parallel', 'all', ABC));
+  sim.send(done('a', 1));
+  const effects = sim.send({ type: 'task.cancel', reason: 'stop' });
+  assert.is(sim.status, 'cancelled');
+  assert.equal(effects, [
+    cancel('deadline'),
+    notice('root', { status: 'cancelled', error: 'stop' }),
+    cancelFx('b', 'the parent task was cancelled'),
+    cancelFx('c', 'the parent task was cancelled'),
+  ]);
+
+  const seq = runningParent(dist('sequential', 'all', ABC));
+  assert.equal(sends(seq.send({ type: 'task.cancel', reason: 'stop' })), [
+    notice('root', { status: 'cancelled', error: 'stop' }),
+    cancelFx('a', 'the parent task was cancelled'),
+    cancelFx('b', 'the parent task was cancelled'),
+    cancelFx('c', 'the parent task was cancelled'),
+  ]);
+
+  const staged = stagedParent(dist('parallel', 'all', ['a', 'b']));
+  assert.equal(staged.send({ type: 'task.cancel', reason: 'never mind' }), [
+    notice('root', { status: 'cancelled', error: 'never mind' }),
+    cancelFx('a', 'the parent task was cancelled'),
+    cancelFx('b', 'the parent task was cancelled'),
+  ]);
+});
+
+test('deleting a parent cancels its unsettled subtasks', () => {
+  const sim = runningParent(dist('parallel', 'all', ABC));
+  sim.send(done('b', 2));
+  const effects = sim.send({ type: 'task.delete' });
+  assert.is(sim.status, 'deleted');
+  assert.equal(effects, [
+    cancel('deadline'),
+    notice('root', { status: 'cancelled' }),
+    cancelFx('a', 'the parent task was cancelled'),
+    cancelFx('c', 'the parent task was cancelled'),
+  ]);
+});
+
+test('a parent whose deadline passes times out and cancels its unsettled subtasks', () => {
+  const sim = runningParent(dist('pipeline', 'all', ABC));
+  sim.send(done('a', 'A'));
+  const effects = sim.fire('deadline');
+  assert.is(sim.status, 'timed_out');
+  const error = `The deadline ${iso(T0 + HOUR)} passed.`;
+  assert.is(sim.task.error, error);
+  assert.equal(sends(effects), [
+    notice('root', { status: 'timed_out', error }),
+    cancelFx('b', 'the parent task timed out'),
+    cancelFx('c', 'the parent task timed out'),
+  ]);
+  assert.equal(sim.timers, {});
+});
+
+// ── Subtask → parent ──────────────────────────────────────────────────────
+
+/** Ways a task settles, each with the report its parent gets (null: no report). */
+const SETTLINGS: { name: string; run: (parent?: string) => Sim; report: Parameters<typeof notice>[1] | null }[] = [
+  {
+    name: 'completes',
+    run: (p) => {
+      const sim = reach('in_progress', p ? { parentTaskId: p } : {});
+      sim.send({ type: 'task.complete', result: { ok: true } }, { by: 'ann' });
+      return sim;
+    },
+    report: { status: 'completed', result: { ok: true }, agent: 'ann' },
+  },
+  {
+    name: 'fails for good',
+    run: (p) => {
+      const sim = reach('in_progress', { maxRetries: 0, ...(p ? { parentTaskId: p } : {}) });
+      sim.send({ type: 'task.fail', error: 'gave up' }, { by: 'ann' });
+      return sim;
+    },
+    report: { status: 'failed', error: 'gave up', agent: 'ann' },
+  },
+  {
+    name: 'fails, not retryable',
+    run: (p) => {
+      const sim = reach('in_progress', p ? { parentTaskId: p } : {});
+      sim.send({ type: 'task.fail', error: 'bad input', retryable: false }, { by: 'ann' });
+      return sim;
+    },
+    report: { status: 'failed', error: 'bad input', agent: 'ann' },
+  },
+  {
+    name: 'fails with a retry pending',
+    run: (p) => {
+      const sim = reach('in_progress', p ? { parentTaskId: p } : {});
+      sim.send({ type: 'task.fail', error: 'crashed' }, { by: 'ann' });
+      return sim;
+    },
+    report: null,
+  },
+  {
+    name: 'loses its lease for good',
+    run: (p) => {
+      const sim = reach('in_progress', { maxRetries: 0, leaseSeconds: 30, onLeaseExpired: 'fail', ...(p ? { parentTaskId: p } : {}) });
+      sim.fire('lease');
+      return sim;
+    },
+    report: { status: 'failed', error: 'The agent ann stopped renewing its lease of 30 s.', agent: 'ann' },
+  },
+  {
+    name: 'loses its lease (reoffer)',
+    run: (p) => {
+      const sim = reach('in_progress', { leaseSeconds: 30, ...(p ? { parentTaskId: p } : {}) });
+      sim.fire('lease');
+      return sim;
+    },
+    report: null,
+  },
+  {
+    name: 'is cancelled while pending',
+    run: (p) => {
+      const sim = reach('pending', p ? { parentTaskId: p } : {});
+      sim.send({ type: 'task.cancel', reason: 'stop' });
+      return sim;
+    },
+    report: { status: 'cancelled', error: 'stop' },
+  },
+  {
+    name: 'is cancelled while waiting for a retry',
+    run: (p) => {
+      const sim = reach('failed (retry pending)', p ? { parentTaskId: p } : {});
+      sim.send({ type: 'task.cancel', reason: 'stop' });
+      return sim;
+    },
+    report: { status: 'cancelled', error: 'stop', agent: 'ann' },
+  },
+  {
+    name: 'is cancelled while staged',
+    run: (p) => {
+      const sim = new Sim();
+      sim.send(create({ staged: true, ...(p ? { parentTaskId: p } : {}) }), { at: T0 });
+      sim.send({ type: 'task.cancel', reason: 'parent cancelled' });
+      return sim;
+    },
+    report: { status: 'cancelled', error: 'parent cancelled' },
+  },
+  {
+    name: 'passes its deadline',
+    run: (p) => {
+      const sim = reach('in_progress', p ? { parentTaskId: p } : {});
+      sim.fire('deadline');
+      return sim;
+    },
+    report: { status: 'timed_out', error: `The deadline ${iso(T0 + HOUR)} passed.`, agent: 'ann' },
+  },
+  {
+    name: 'runs out of time on its last attempt',
+    run: (p) => {
+      const sim = reach('in_progress', { maxRetries: 0, ...(p ? { parentTaskId: p } : {}) });
+      sim.fire('timeout');
+      return sim;
+    },
+    report: { status: 'timed_out', error: 'The attempt did not finish within 60 s.', agent: 'ann' },
+  },
+  {
+    name: 'is deleted while in progress',
+    run: (p) => {
+      const sim = reach('in_progress', p ? { parentTaskId: p } : {});
+      sim.send({ type: 'task.delete' });
+      return sim;
+    },
+    report: { status: 'cancelled', agent: 'ann' },
+  },
+  {
+    name: 'is deleted while waiting for a retry',
+    run: (p) => {
+      const sim = reach('failed (retry pending)', p ? { parentTaskId: p } : {});
+      sim.send({ type: 'task.delete' });
+      return sim;
+    },
+    report: { status: 'cancelled', error: 'crashed', agent: 'ann' },
+  },
+  {
+    name: 'is rejected',
+    run: (p) => {
+      const sim = reach('accepted', p ? { parentTaskId: p } : {});
+      sim.send({ type: 'task.reject', reason: 'busy' }, { by: 'ann' });
+      return sim;
+    },
+    report: null,
+  },
+];
+
+test('a subtask reports to its parent when it completes, fails for good, is cancelled, times out or is deleted', () => {
+  for (const s of SETTLINGS) {
+    const withParent = s.run('p');
+    const without = s.run();
+    // The report comes last, after the same timer effects a task without a parent emits.
+    const expected = s.report ? [...without.effects, notice('p', s.report)] : without.effects;
+    assert.equal(withParent.effects, expected, s.name);
+  }
+});
+
+test('a task without a parent sends nothing when it settles', () => {
+  for (const s of SETTLINGS) assert.equal(sends(s.run().effects), [], s.name);
+});
+
+test('a staged subtask that is deleted reports to its parent as cancelled, like a live one', () => {
+  const sim = new Sim();
+  sim.send(create({ staged: true, parentTaskId: 'p' }), { at: T0 });
+  const effects = sim.send({ type: 'task.delete' });
+  assert.is(sim.status, 'deleted');
+  assert.equal(effects, [notice('p', { status: 'cancelled' })]);
+});
+
+test('a sequential parent never runs two subtasks at once, even when a waiting subtask is cancelled on its own', () => {
+  // b (still staged) is cancelled directly and reports to the parent while a is running.
+  const sim = runningParent(dist('sequential', 'majority', ABC));
+  assert.equal(sim.send(broke('b', 'cancelled', 'not needed')), [], 'a is still running: nothing new starts');
+  assert.equal(sim.task.distribution!.subtasks.map((s) => s.status), ['active', 'cancelled', 'waiting']);
+});
+
+// ── Property: interleavings of subtask outcomes ───────────────────────────
+
+test('property: any interleaving of subtask reports decides at most once, activates no subtask twice and always decides in the end', () => {
+  const coordinations: Coordination[] = ['parallel', 'sequential', 'pipeline', 'map_reduce'];
+  const modes: CompletionMode[] = ['all', 'any', 'majority', 'threshold', 'best_of'];
+  const aggregations: Aggregation[] = ['combine_results', 'first_complete', 'majority_vote'];
+  const outcomes: Outcome[] = ['completed', 'failed', 'cancelled', 'timed_out'];
+  const seed = Number(process.env.FC_SEED ?? 20250101);
+  fc.assert(
+    fc.property(
+      fc.record({
+        coordination: fc.constantFrom(...coordinations),
+        mode: fc.constantFrom(...modes),
+        threshold: fc.option(fc.integer({ min: -1, max: 7 }), { nil: null }),
+        aggregation: fc.constantFrom(...aggregations),
+        n: fc.integer({ min: 2, max: 6 }),
+        steps: fc.array(fc.record({ kind: fc.nat(9), pick: fc.nat(), status: fc.constantFrom(...outcomes), value: fc.nat(3) }), { maxLength: 30 }),
+        drain: fc.constantFrom(...outcomes),
+        // Whether waiting (staged) subtasks may be cancelled on their own.
+        externalCancels: fc.boolean(),
+      }),
+      (p) => {
+        const ids = Array.from({ length: p.n }, (_, i) => `s${i}`);
+        const sim = stagedParent(dist(p.coordination, p.mode, ids, { threshold: p.threshold, aggregation: p.aggregation }));
+        const activated = new Set<string>();
+        const cancelled = new Set<string>();
+        const reported = new Set<string>();
+        let decisions = 0;
+        const observe = (effects: Effect[]) => {
+          for (const e of effects) {
+            if (e.type !== 'fx.send') continue;
+            if (e.id === 'root') {
+              decisions++;
+              // Whatever is unsettled when the parent decides is cancelled.
+              for (const id of ids) if (!reported.has(id)) assert.ok(cancelled.has(id) || sends(effects).some((x) => x.type === 'fx.send' && x.id === id && x.event.type === 'task.cancel'), `${id} left running after the decision`);
+            } else if (e.event.type === 'task.activate') {
+              assert.not.ok(activated.has(e.id), `${e.id} activated twice`);
+              assert.not.ok(reported.has(e.id), `${e.id} activated after it settled`);
+              activated.add(e.id);
+            } else if (e.event.type === 'task.cancel') cancelled.add(e.id);
+          }
+          assert.ok(decisions <= 1, 'the parent decided more than once');
+          if (p.coordination === 'sequential' || p.coordination === 'pipeline') {
+            const active = sim.task.distribution!.subtasks.filter((s) => s.status === 'active').length;
+            if (sim.status === 'in_progress') assert.ok(active <= 1, `${active} subtasks of a ${p.coordination} run at once`);
+          }
+        };
+        const report = (id: string, status: Outcome, value: number) => {
+          const before = sim.task.distribution!.subtasks.find((s) => s.id === id);
+          const wasSettled = reported.has(id);
+          reported.add(id);
+          observe(
+            sim.send({
+              type: 'task.subtaskSettled',
+              subtaskId: id,
+              status,
+              result: status === 'completed' ? { score: value, v: value % 2 } : null,
+              error: status === 'completed' ? null : `${id} ${status}`,
+              agent: `agent-${id}`,
+            }),
+          );
+          // A second report of a subtask never changes what the parent knows of it.
+          if (wasSettled) assert.equal(sim.task.distribution!.subtasks.find((s) => s.id === id), before);
+        };
+        observe(sim.send({ type: 'task.activate' }, { at: T0 + 1_000 }));
+        const outstanding = () => ids.filter((id) => (activated.has(id) || cancelled.has(id)) && !reported.has(id));
+        for (const step of p.steps) {
+          if (step.kind <= 5) {
+            const open = outstanding();
+            if (open.length > 0) report(open[step.pick % open.length]!, cancelled.has(step.pick % 2 === 0 ? '' : open[step.pick % open.length]!) ? 'cancelled' : step.status, step.value);
+          } else if (step.kind === 6) {
+            const seen = [...reported];
+            if (seen.length > 0) report(seen[step.pick % seen.length]!, step.status, step.value);
+          } else if (step.kind === 7) {
+            observe(sim.send({ type: 'task.subtaskSettled', subtaskId: 'nobody', status: step.status, result: null, error: null, agent: null }));
+          } else if (p.externalCancels) {
+            const waiting = ids.filter((id) => !activated.has(id) && !reported.has(id));
+            if (waiting.length > 0) report(waiting[step.pick % waiting.length]!, 'cancelled', 0);
+          }
+        }
+        // Every started or cancelled subtask eventually reports: the parent must have decided by then.
+        for (let open = outstanding(); open.length > 0; open = outstanding()) for (const id of open) report(id, cancelled.has(id) ? 'cancelled' : p.drain, 1);
+        assert.is(decisions, 1, `the parent never decided: ${JSON.stringify(sim.task.distribution)}`);
+        assert.ok(['completed', 'failed'].includes(sim.status), sim.status);
+      },
+    ),
+    { seed, numRuns: 400 },
+  );
 });
 
 test.run();

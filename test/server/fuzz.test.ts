@@ -61,6 +61,8 @@ const READ_METHODS: MethodName[] = [
   'unsubscribe',
   'agent.get',
   'agent.list',
+  'agent.available',
+  'agent.performance',
   'task.get',
   'task.getBatch',
   'task.timeline',
@@ -68,6 +70,12 @@ const READ_METHODS: MethodName[] = [
   'task.search',
   'task.stats',
   'task.report',
+  'task.available',
+  'task.tree',
+  'rule.get',
+  'rule.list',
+  'policy.get',
+  'policy.list',
 ];
 const WRITE_METHODS = ALL_METHODS.filter((m) => !READ_METHODS.includes(m) && m !== 'session.authenticate');
 /** The param naming the actor a write acts on (writes without one create something new). */
@@ -75,6 +83,9 @@ const WRITE_TARGET: Partial<Record<MethodName, string>> = {
   'agent.register': 'id',
   'agent.heartbeat': 'agentId',
   'agent.setStatus': 'agentId',
+  'agent.setCapabilities': 'agentId',
+  'agent.deregister': 'agentId',
+  'task.submitSubtaskResult': 'subtaskId',
 };
 for (const m of WRITE_METHODS) if (m.startsWith('task.') && 'taskId' in MethodSchemas[m].shape) WRITE_TARGET[m] = 'taskId';
 const SHAPE_KEYS = [...new Set(ALL_METHODS.flatMap((m) => Object.keys(MethodSchemas[m].shape)))];

@@ -97,7 +97,7 @@ test('serves every machine definition with its states at /machines', async (ctx)
   for (const s of TaskStatuses) assert.ok(task.includes(s), `task state ${s}`);
   assert.is(r.body.task.id, 'task');
   assert.ok(r.body.task.states.live.states.pending.on['task.assign'], 'transitions are included');
-  assert.equal(states(r.body.agent).sort(), ['registered', 'unregistered']);
+  assert.equal(states(r.body.agent).sort(), ['deregistered', 'registered', 'unregistered']);
 });
 
 test('serves the protocol at /protocol.json with a params schema for every method and the error codes', async (ctx) => {

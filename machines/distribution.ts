@@ -111,8 +111,10 @@ export function aggregate(d: Distribution): unknown {
       for (const s of ok) {
         const key = canonical(s.result);
         const v = votes.get(key);
-        if (v) v.votes++;
-        else votes.set(key, { value: s.result, votes: 1, first: s.settledOrder! });
+        if (v) {
+          v.votes++;
+          v.first = Math.min(v.first, s.settledOrder!);
+        } else votes.set(key, { value: s.result, votes: 1, first: s.settledOrder! });
       }
       // Ties go to the value that arrived first: deterministic and explainable.
       const winner = [...votes.values()].sort((a, b) => b.votes - a.votes || a.first - b.first)[0];
@@ -182,7 +184,9 @@ export function settle(d: Distribution, outcome: SubtaskOutcome): Step {
     return decide('complete', { result: aggregate(next) });
   }
 
-  if (d.coordination === 'sequential' || d.coordination === 'pipeline') {
+  // One stage at a time: the next starts only when nothing is running (a stage may settle
+  // out of turn, e.g. a waiting one cancelled by hand).
+  if ((d.coordination === 'sequential' || d.coordination === 'pipeline') && !next.subtasks.some((s) => s.status === 'active')) {
     const waiting = next.subtasks.find((s) => s.status === 'waiting');
     if (waiting) {
       next = markActive(next, [waiting.id]);

@@ -216,6 +216,9 @@ function handOver(task: TaskData, at: number, to: string, reason: string, kind: 
     leaseExpiresAt: null,
     offerExpiresAt: offerUntil,
     waitingForAgent: null,
+    releasedBy: null,
+    // A question the previous holder asked is theirs; the new holder starts without it.
+    inputRequest: null,
     delegations: [...task.delegations, link],
   });
 }
@@ -230,6 +233,7 @@ function release(task: TaskData, at: number, why: 'rejected' | 'offer_expired' |
     startedAt: null,
     offerExpiresAt: null,
     leaseExpiresAt: null,
+    inputRequest: null,
     releasedBy: { agentId: holder, why },
     rejections: [...task.rejections, { by: holder, reason, at: iso(at), round: task.assignmentRound }],
   });
@@ -252,8 +256,6 @@ const finished = {
   on: {
     'task.archive': { guard: 'notArchived', actions: 'archive' },
     'task.delete': 'deleted',
-    // A parent that already decided ignores late reports of its subtasks.
-    'task.subtaskSettled': {},
   },
 } as const;
 
@@ -300,6 +302,13 @@ export const taskMachine = setup({
       const e = event as E<'timer.fired'>;
       return e.name === 'timeout' && context.timers.timeout === e.fireAt && context.task.retryCount < context.task.maxRetries;
     },
+    /** A report about a subtask this parent still waits for; anything else is refused (and dropped by the outbox). */
+    relevantReport: ({ context, event }) => {
+      const d = context.task.distribution;
+      const slot = d?.subtasks.find((x) => x.id === (event as E<'task.subtaskSettled'>).subtaskId);
+      return slot !== undefined && (slot.status === 'waiting' || slot.status === 'active');
+    },
+    notParent: ({ context }) => context.task.distribution === null,
     parentDecides: ({ context, event }, params: { verdict: 'complete' | 'fail' }) =>
       context.task.distribution !== null && settle(context.task.distribution, event as E<'task.subtaskSettled'>).verdict === params.verdict,
   },
@@ -349,23 +358,20 @@ export const taskMachine = setup({
       const t = context.task;
       let task = touch(t, e.at, e.input === undefined ? {} : { parameters: { ...t.parameters, input: e.input } });
       const change: Change = {};
-      if (context.stagedAssignee) {
-        task = handOver(task, e.at, context.stagedAssignee, 'assigned at creation', 'manual');
-        change.schedule = offerTimers(task, e.at);
-      } else if (task.distribution) {
+      if (task.distribution) {
         const ids = initialActivations(task.distribution);
         task = { ...task, distribution: markActive(task.distribution, ids), startedAt: iso(e.at) };
         change.send = ids.map((id) => ({ kind: 'task', id, event: { type: 'task.activate' } }));
+      } else if (context.stagedAssignee) {
+        task = handOver(task, e.at, context.stagedAssignee, 'assigned at creation', 'manual');
+        change.schedule = offerTimers(task, e.at);
       } else {
         change.schedule = assignNow(task, e.at);
       }
       change.task = task;
       const r = applyChange(context, change);
       for (const fx of r.effects) enqueue.emit(fx);
-      enqueue.assign(({ context: c }) => {
-        const { stagedAssignee: _s, ...rest } = c;
-        return { ...rest, ...r.context } as TaskContext;
-      });
+      enqueue.assign({ ...r.context, stagedAssignee: null });
     }),
     assignTo: enqueueActions(({ context, event, enqueue }) => {
       const e = event as E<'task.assign'> | E<'task.create'> | E<'task.delegate'>;
@@ -383,7 +389,7 @@ export const taskMachine = setup({
       const t = context.task;
       const task = touch(t, e.at, {
         assignmentRound: t.assignmentRound + 1,
-        waitingForAgent: { reason: e.reason, since: t.waitingForAgent?.since ?? iso(e.at), retryAt: iso(e.retryAt) },
+        waitingForAgent: { reason: e.reason, since: t.waitingForAgent?.since ?? iso(e.at), retryAt: iso(Math.max(e.retryAt, e.at)) },
       });
       const r = applyChange(context, { task, schedule: { assign: Math.max(e.retryAt, e.at) } });
       for (const fx of r.effects) enqueue.emit(fx);
@@ -508,6 +514,7 @@ export const taskMachine = setup({
         progress: null,
         assignmentRound: t.assignmentRound + 1,
         waitingForAgent: null,
+        releasedBy: null,
       });
       // The retry timer is consumed by its own firing; a manual retry cancels it.
       const manual = event.type === 'task.retry';
@@ -615,7 +622,7 @@ export const taskMachine = setup({
           { target: 'live.pending', actions: ['activate', 'syncDeadline', 'rememberDeadline'] },
         ],
         'task.cancel': { target: 'cancelled', actions: { type: 'end', params: { status: 'cancelled' } } },
-        'task.delete': 'deleted',
+        'task.delete': { target: 'deleted', actions: { type: 'end', params: { status: 'deleted' } } },
       },
     },
     live: {
@@ -632,7 +639,7 @@ export const taskMachine = setup({
         'task.subtaskSettled': [
           { guard: { type: 'parentDecides', params: { verdict: 'complete' } }, target: 'completed', actions: 'settleSubtask' },
           { guard: { type: 'parentDecides', params: { verdict: 'fail' } }, target: 'failed', actions: 'settleSubtask' },
-          { actions: 'settleSubtask' },
+          { guard: 'relevantReport', actions: 'settleSubtask' },
         ],
       },
       states: {
@@ -699,7 +706,8 @@ export const taskMachine = setup({
     },
     failed: {
       on: {
-        'task.retry': { target: 'live.pending', actions: 'reopen' },
+        // A parent is decided by its subtasks: it cannot be reopened on its own.
+        'task.retry': { guard: 'notParent', target: 'live.pending', actions: 'reopen' },
         'timer.fired': [
           { guard: { type: 'isTimer', params: { name: 'retry' } }, target: 'live.pending', actions: 'reopen' },
           {
@@ -712,7 +720,6 @@ export const taskMachine = setup({
         // A task waiting for its automatic retry is not finished yet.
         'task.archive': { guard: 'archivableAfterFailure', actions: 'archive' },
         'task.delete': { target: 'deleted', actions: { type: 'end', params: { status: 'deleted' } } },
-        'task.subtaskSettled': {},
       },
     },
     completed: finished,

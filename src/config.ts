@@ -1,5 +1,6 @@
 import { parseArgs } from 'node:util';
 import path from 'node:path';
+import { AssignmentStrategies, type AssignmentStrategy } from '../protocol/model.js';
 
 /** Server configuration. Every field has a documented default and an environment variable. */
 export interface Config {
@@ -40,6 +41,10 @@ export interface Config {
   logLevel: string;
   /** Create a tenant and an admin key on first start when none exists (`TROUPE_BOOTSTRAP`). Default true. */
   bootstrap: boolean;
+  /** Lease of a task an agent holds, unless the task or its policy sets one (`TROUPE_LEASE_SECONDS`). Default 60. */
+  leaseSeconds: number;
+  /** Auto-assignment strategy unless the request, task or a policy names one (`TROUPE_DEFAULT_STRATEGY`). Default least_loaded. */
+  defaultStrategy: AssignmentStrategy;
 }
 
 function int(v: string | undefined, fallback: number, name: string, max = Number.MAX_SAFE_INTEGER, min = 0): number {
@@ -68,6 +73,10 @@ export function loadConfig(argv: string[] = process.argv.slice(2), env: NodeJS.P
   const dataDir = path.resolve(str('data-dir') ?? env.TROUPE_DATA_DIR ?? './data');
   const sync = (env.TROUPE_SQLITE_SYNC ?? 'FULL').toUpperCase();
   if (sync !== 'FULL' && sync !== 'NORMAL') throw new Error(`TROUPE_SQLITE_SYNC must be FULL or NORMAL, got "${sync}"`);
+  const strategy = env.TROUPE_DEFAULT_STRATEGY || 'least_loaded';
+  if (!(AssignmentStrategies as readonly string[]).includes(strategy)) {
+    throw new Error(`TROUPE_DEFAULT_STRATEGY must be one of ${AssignmentStrategies.join(', ')}, got "${strategy}"`);
+  }
   return {
     port: int(str('port') ?? env.TROUPE_PORT, 7420, 'port', 65_535),
     host: str('host') ?? env.TROUPE_HOST ?? '127.0.0.1',
@@ -86,5 +95,7 @@ export function loadConfig(argv: string[] = process.argv.slice(2), env: NodeJS.P
     logLevel: str('log-level') ?? env.TROUPE_LOG_LEVEL ?? 'info',
     bootstrap: (env.TROUPE_BOOTSTRAP ?? 'true') !== 'false',
     processMetrics: env.TROUPE_PROCESS_METRICS === 'true',
+    leaseSeconds: int(env.TROUPE_LEASE_SECONDS, 60, 'TROUPE_LEASE_SECONDS', 86_400, 1),
+    defaultStrategy: strategy as AssignmentStrategy,
   };
 }

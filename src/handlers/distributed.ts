@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { DUPLICATE, IdempotencyConflict, outboxId, type TurnResult } from '../../actors/ActorHost.js';
+import { IdempotencyConflict, outboxId, type TurnResult } from '../../actors/ActorHost.js';
 import { uuidv7 } from '../../actors/uuidv7.js';
 import { initialActivations } from '../../machines/distribution.js';
 import type { taskMachine } from '../../machines/taskMachine.js';
@@ -162,18 +162,22 @@ export function distributedHandlers(app: App): Handlers {
         throw e;
       }
       // Start the first subtasks now rather than when the outbox gets to them: with the outbox's
-      // own message ids, so whichever comes second is dropped as a duplicate.
+      // own message ids, so whichever comes second is dropped (as a duplicate, or because the
+      // subtask is active already).
       const first = initialActivations(distribution);
       await Promise.all(
-        first.map(async (id, n) => {
-          const r = await host.send(address(p, id), { type: 'task.activate' }, {
-            principal: 'system',
-            eventId: outboxId(activation.event.id, n),
-            causationId: outboxId(activation.event.id, n),
-            correlationId: ctx.correlationId,
-          });
-          return r === DUPLICATE ? null : r;
-        }),
+        first.map((id, n) =>
+          host
+            .send(address(p, id), { type: 'task.activate' }, {
+              principal: 'system',
+              eventId: outboxId(activation.event.id, n),
+              causationId: outboxId(activation.event.id, n),
+              correlationId: ctx.correlationId,
+            })
+            .catch((e: unknown) => {
+              if (!isProtocolError(e, 'ILLEGAL_TRANSITION')) throw e;
+            }),
+        ),
       );
       return result(p, parentId);
     },

@@ -20,6 +20,7 @@ export type { EffectivePolicy, RuleVerdict } from '../../protocol/rules.js';
  * `has(delegation.to)` is false rather than an error.
  */
 export const RuleVariables = ['task', 'agent', 'principal', 'delegation', 'workspace', 'input'] as const;
+/** The name of one rule variable. */
 export type RuleVariable = (typeof RuleVariables)[number];
 
 /** Variables as the caller gives them (JSON values); anything beyond {@link RuleVariables} is ignored. */
@@ -485,7 +486,7 @@ function runRule(exec: Exec, vars: CelVars): Outcome {
 
 /** Runs a stored rule; one that no longer compiles is an error. */
 function outcomeOf(r: LoadedRule, vars: CelVars): Outcome {
-  return r.exec ? runRule(r.exec, vars) : { ok: false, error: `it does not compile (${r.compileError})` };
+  return r.exec ? runRule(r.exec, vars) : { ok: false, error: r.compileError ?? 'it does not compile' };
 }
 
 /** A decision rule's verdict; fails closed on anything but `true`. */

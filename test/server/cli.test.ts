@@ -225,8 +225,12 @@ test('loadConfig reads the environment, and flags win over it', () => {
     TROUPE_JWT_AUDIENCE: 'aud',
     TROUPE_LOG_LEVEL: 'warn',
     TROUPE_BOOTSTRAP: 'false',
+    TROUPE_LEASE_SECONDS: '15',
+    TROUPE_DEFAULT_STRATEGY: 'cost_optimized',
   };
   const c = loadConfig([], env);
+  assert.equal([c.leaseSeconds, c.defaultStrategy], [15, 'cost_optimized']);
+  assert.equal([loadConfig([], {}).leaseSeconds, loadConfig([], {}).defaultStrategy], [60, 'least_loaded']);
   assert.equal(
     [c.port, c.host, c.dataDir, c.store, c.sqliteSync, c.maxFrameBytes, c.authGraceMs, c.idleMs, c.maxBufferedBytes, c.jwtSecret, c.jwtIssuer, c.jwtAudience, c.logLevel, c.bootstrap],
     [8000, '0.0.0.0', '/tmp/troupe-env', 'sqlite:/tmp/troupe-env/troupe.db', 'NORMAL', 4096, 250, 1000, 65536, 's3cret', 'iss', 'aud', 'warn', false],
@@ -248,6 +252,8 @@ test('loadConfig refuses bad numbers and bad settings, naming them', () => {
     [[], { TROUPE_PORT: '65536' }, /port/],
     [[], { TROUPE_PORT: 'http' }, /port/],
     [[], { TROUPE_MAX_FRAME_BYTES: '1MB' }, /TROUPE_MAX_FRAME_BYTES/],
+    [[], { TROUPE_LEASE_SECONDS: '0' }, /TROUPE_LEASE_SECONDS/],
+    [[], { TROUPE_DEFAULT_STRATEGY: 'random' }, /TROUPE_DEFAULT_STRATEGY must be one of round_robin/],
     [[], { TROUPE_AUTH_GRACE_MS: '-5' }, /TROUPE_AUTH_GRACE_MS/],
     [[], { TROUPE_IDLE_MS: 'soon' }, /TROUPE_IDLE_MS/],
     [[], { TROUPE_MAX_BUFFERED_BYTES: '1.5' }, /TROUPE_MAX_BUFFERED_BYTES/],

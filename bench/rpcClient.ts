@@ -9,7 +9,7 @@ export interface RpcReply {
 
 /**
  * The load generator's connection: the thinnest JSON-RPC 2.0 client over `ws` (one pending map,
- * no timers per call, no reconnects, notifications ignored). The raw-`ws` baseline and the Troupe
+ * no timers per call, no reconnects; notifications go to `onNotification` if set, else are ignored). The raw-`ws` baseline and the Troupe
  * runs use this same class, so the client side costs the same on both sides of each ratio.
  */
 export class RpcConn {
@@ -17,6 +17,8 @@ export class RpcConn {
   #next = 1;
   #pending = new Map<number, (reply: RpcReply) => void>();
   #closedError: Error | null = null;
+  /** Called with every notification (a message without a numeric id), already parsed. */
+  onNotification: ((msg: { method?: string; params?: Record<string, unknown> }) => void) | undefined;
 
   private constructor(ws: WebSocket) {
     this.#ws = ws;
@@ -68,7 +70,10 @@ export class RpcConn {
 
   #onMessage(text: string): void {
     const msg = JSON.parse(text) as RpcReply & { method?: string };
-    if (typeof msg.id !== 'number') return; // a notification
+    if (typeof msg.id !== 'number') {
+      this.onNotification?.(msg as { method?: string; params?: Record<string, unknown> });
+      return;
+    }
     const resolve = this.#pending.get(msg.id);
     if (!resolve) return;
     this.#pending.delete(msg.id);

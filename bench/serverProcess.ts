@@ -9,7 +9,8 @@ import { send, serveControl } from './childControl.js';
  * defaults (WAL, synchronous=FULL, group commit, writer thread, as `openStore` opens it; override
  * with BENCH_SYNC=NORMAL or BENCH_WRITER=inline), a fresh file in BENCH_DIR, port 0 on 127.0.0.1,
  * silent logging. Creates BENCH_AGENTS API keys (tenant `bench`, principals `agent-<i>`, role
- * agent) and prints `{"port", "keys", "store"}` as one JSON line.
+ * agent) and, with BENCH_ADMIN=1, one admin key (principal `bench-admin`), and prints
+ * `{"port", "keys", "adminKey"?, "store"}` as one JSON line.
  */
 async function main(): Promise<void> {
   const dir = process.env.BENCH_DIR;
@@ -58,8 +59,10 @@ async function main(): Promise<void> {
   for (let i = 0; i < agents; i++) {
     keys.push((await server.app.auth.createKey({ tenant: 'bench', principal: `agent-${i}`, roles: ['agent'] })).key);
   }
+  const adminKey =
+    process.env.BENCH_ADMIN === '1' ? (await server.app.auth.createKey({ tenant: 'bench', principal: 'bench-admin', roles: ['admin'] })).key : undefined;
   serveControl(() => server.close(), () => ({ commits, flushes, activeActors: server.host.activeCount }));
-  send({ port, url, keys, store: `sqlite WAL synchronous=${synchronous}, group commit, ${writer} writer`, pid: process.pid });
+  send({ port, url, keys, adminKey, store: `sqlite WAL synchronous=${synchronous}, group commit, ${writer} writer`, pid: process.pid });
 }
 
 main().catch((e: unknown) => {

@@ -5,3 +5,4 @@ export * from './methods.js';
 export * from './model.js';
 export * from './schema.js';
 export * from './client.js';
+export * from './rules.js';

@@ -4,11 +4,10 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { performance } from 'node:perf_hooks';
-import { Child, type Usage } from './child.js';
-import { closedLoop, timed, type LoopResult, type Work } from './loadgen.js';
+import { Child } from './child.js';
+import { timed, type Work } from './loadgen.js';
+import { closeAll, fmt, measure, ms, openConns, pad, padEnd, type Row } from './measure.js';
 import { summarizeProfile, printProfile } from './profile.js';
-import { RpcConn } from './rpcClient.js';
-import { summarize, type Latency } from './stats.js';
 
 /**
  * `npm run bench`: Troupe's task path against a raw `ws` JSON round trip on the same machine.
@@ -38,128 +37,11 @@ const here = path.dirname(fileURLToPath(import.meta.url));
 const resultsDir = path.join(here, 'results');
 const WARMUP_MS = Number(process.env.BENCH_WARMUP_MS ?? (flags.quick ? 500 : 1500));
 const MEASURE_MS = Number(process.env.BENCH_MEASURE_MS ?? (flags.quick ? 1500 : 4000));
+const windows = { warmupMs: WARMUP_MS, measureMs: MEASURE_MS };
 const AGENTS = 100;
 const LEVELS = [1, 10, 100];
 /** Hard stop for the whole run, whatever happens. */
-const DEADLINE_MS = 180_000;
-
-interface Row {
-  name: string;
-  clients: number;
-  inFlightPerClient: number;
-  windowMs: number;
-  calls: number;
-  callsPerSec: number;
-  units?: number;
-  unitsPerSec?: number;
-  errors: number;
-  firstError?: string;
-  latencyMs: Latency;
-  byMethodMs?: Record<string, Latency>;
-  serverCpuPct?: number;
-  serverCpuUsPerCall?: number;
-  clientCpuPct: number;
-  /** CPU used by everything else on the machine during the window (100% = one core); a noise flag. */
-  otherCpuPct?: number;
-  commitsPerFlush?: number;
-  /** Troupe rows: the server's RSS and actors in memory at the end of the row. */
-  serverRssBytes?: number;
-  liveActors?: number;
-}
-
-/** Busy and total jiffies of all CPUs from /proc/stat (Linux), or undefined elsewhere. */
-function machineCpu(): { busy: number; total: number } | undefined {
-  try {
-    const line = fs.readFileSync('/proc/stat', 'utf8').split('\n')[0]!;
-    const [, ...f] = line.trim().split(/\s+/).map(Number);
-    const [user, nice, system, idle, iowait, irq, softirq, steal] = f as number[];
-    const busy = user! + nice! + system! + irq! + softirq! + steal!;
-    return { busy, total: busy + idle! + iowait! };
-  } catch {
-    return undefined;
-  }
-}
-
-const fmt = (n: number, d = 0) =>
-  Number.isFinite(n) ? n.toLocaleString('en-US', { minimumFractionDigits: d, maximumFractionDigits: d }) : '-';
-const ms = (n: number) => (Number.isFinite(n) ? n.toFixed(2) : '-');
-const pad = (s: string, n: number) => s.padStart(n);
-const padEnd = (s: string, n: number) => s.padEnd(n);
-
-/** Runs a closed loop while sampling the server's CPU time at the window's edges. */
-async function measure(
-  name: string,
-  server: Child,
-  clients: number,
-  inFlight: number,
-  work: Work,
-): Promise<Row> {
-  const usages: Promise<Usage>[] = [];
-  const machine: (ReturnType<typeof machineCpu>)[] = [];
-  const r: LoopResult = await closedLoop({
-    workers: clients * inFlight,
-    warmupMs: WARMUP_MS,
-    measureMs: MEASURE_MS,
-    work,
-    onWindow: () => {
-      usages.push(server.usage());
-      machine.push(machineCpu());
-    },
-  });
-  const [u0, u1] = await Promise.all(usages);
-  const row: Row = {
-    name,
-    clients,
-    inFlightPerClient: inFlight,
-    windowMs: r.windowMs,
-    calls: r.calls,
-    callsPerSec: (r.calls / r.windowMs) * 1000,
-    errors: r.errors,
-    latencyMs: summarize(r.all),
-    clientCpuPct: (r.clientCpuUs / 1000 / r.windowMs) * 100,
-  };
-  if (r.firstError) row.firstError = r.firstError;
-  if (r.byMethod.size > 1) {
-    row.byMethodMs = Object.fromEntries([...r.byMethod].map(([m, s]) => [m, summarize(s)]));
-    row.units = r.units;
-    row.unitsPerSec = (r.units / r.windowMs) * 1000;
-  }
-  const [m0, m1] = machine;
-  if (m0 && m1 && m1.total > m0.total) {
-    const busyPct = ((m1.busy - m0.busy) / (m1.total - m0.total)) * os.cpus().length * 100;
-    row.otherCpuPct = Math.max(0, busyPct - row.clientCpuPct - (u0 && u1 ? ((u1.userUs + u1.systemUs - u0.userUs - u0.systemUs) / 1000 / r.windowMs) * 100 : 0));
-  }
-  if (u0 && u1) {
-    const cpuUs = u1.userUs + u1.systemUs - (u0.userUs + u0.systemUs);
-    row.serverCpuPct = (cpuUs / 1000 / r.windowMs) * 100;
-    row.serverCpuUsPerCall = r.calls > 0 ? cpuUs / r.calls : NaN;
-    if (u1.commits !== undefined && u0.commits !== undefined) {
-      const flushes = u1.flushes! - u0.flushes!;
-      row.commitsPerFlush = flushes > 0 ? (u1.commits - u0.commits) / flushes : NaN;
-    }
-  }
-  const l = row.latencyMs;
-  process.stdout.write(
-    `  ${padEnd(name, 22)} ${pad(`${clients}×${inFlight}`, 6)}  ${pad(fmt(row.callsPerSec), 7)} calls/s` +
-      (row.unitsPerSec !== undefined ? `  ${pad(fmt(row.unitsPerSec), 6)} lifecycles/s` : '') +
-      `  p50 ${ms(l.p50)}  p90 ${ms(l.p90)}  p99 ${ms(l.p99)} ms` +
-      (row.errors ? `  ERRORS ${row.errors} (${row.firstError})` : '') +
-      '\n',
-  );
-  return row;
-}
-
-async function openConns(url: string, n: number, tokens?: string[]): Promise<RpcConn[]> {
-  const conns: RpcConn[] = [];
-  // A few at a time, so the server's accept path is not the thing being measured.
-  for (let i = 0; i < n; i += 10) {
-    const batch = await Promise.all(Array.from({ length: Math.min(10, n - i) }, (_, j) => RpcConn.open(url, tokens?.[i + j])));
-    conns.push(...batch);
-  }
-  return conns;
-}
-
-const closeAll = (conns: RpcConn[]) => Promise.all(conns.map((c) => c.close()));
+const DEADLINE_MS = 300_000;
 
 /** The raw `ws` baseline rows. */
 async function baseline(): Promise<Row[]> {
@@ -176,11 +58,18 @@ async function baseline(): Promise<Row[]> {
       [1, 64],
     ] as const) {
       rows.push(
-        await measure('raw ws round trip', echo, clients, inFlight, async (w, rec) => {
-          const conn = conns[w % clients]!;
-          const r = await timed(rec, 'echo', () => conn.call('task.create', { type: 'bench', title: `Benchmark task ${seq++}` }));
-          return r !== undefined;
-        }),
+        await measure(
+          'raw ws round trip',
+          echo,
+          clients,
+          inFlight,
+          async (w, rec) => {
+            const conn = conns[w % clients]!;
+            const r = await timed(rec, 'echo', () => conn.call('task.create', { type: 'bench', title: `Benchmark task ${seq++}` }));
+            return r !== undefined;
+          },
+          windows,
+        ),
       );
     }
   } finally {
@@ -240,7 +129,7 @@ async function troupeRow(
       if (!(await timed(rec, 'task.start', () => conn.call('task.start', { taskId })))) return false;
       return (await timed(rec, 'task.complete', () => conn.call('task.complete', { taskId, result: { ok: true } }))) !== undefined;
     };
-    const row = await measure(scenario, server, agents, 1, scenario === 'task.create' ? createWork : lifecycleWork);
+    const row = await measure(scenario, server, agents, 1, scenario === 'task.create' ? createWork : lifecycleWork, windows);
     const u = await server.usage();
     row.serverRssBytes = u.rssBytes;
     row.liveActors = u.activeActors;

@@ -188,6 +188,32 @@ test('a persisted snapshot survives JSON and goes on counting connections', () =
   actor.stop();
 });
 
+test('setCapabilities replaces the capabilities and marks the agent as seen', () => {
+  const sim = new Sim();
+  sim.send({ type: 'agent.register', id: 'w1', tenantId: 'acme', capabilities: ['go'] });
+  sim.send({ type: 'agent.setCapabilities', capabilities: ['py', 'sql'] }, T0 + 60_000);
+  assert.equal(sim.agent.capabilities, ['py', 'sql']);
+  assert.is(sim.agent.lastSeenAt, iso(T0 + 60_000));
+});
+
+test('a deregistered agent accepts only registration and connection bookkeeping; registering again restores it', () => {
+  const sim = new Sim();
+  sim.send({ type: 'agent.register', id: 'w1', tenantId: 'acme', capabilities: ['go'], maxConcurrentTasks: 3 });
+  sim.send({ type: 'agent.connected' });
+  sim.send({ type: 'agent.deregister', reason: 'retired' });
+  assert.is(sim.snapshot.value, 'deregistered');
+  sim.refuse({ type: 'agent.heartbeat' });
+  sim.refuse({ type: 'agent.setStatus', status: 'online' });
+  sim.refuse({ type: 'agent.setCapabilities', capabilities: ['x'] });
+  sim.refuse({ type: 'agent.deregister' });
+  sim.send({ type: 'agent.disconnected' });
+  assert.is(sim.agent.connections, 0);
+  sim.send({ type: 'agent.register', id: 'w1', tenantId: 'acme' });
+  assert.is(sim.snapshot.value, 'registered');
+  assert.equal(sim.agent.capabilities, ['go'], 'the profile is kept');
+  assert.is(sim.agent.maxConcurrentTasks, 3);
+});
+
 test('replaying 100 random (seeded) histories reproduces the live state exactly', () => {
   for (let seed = 1; seed <= 100; seed++) {
     const rng = seeded(seed);

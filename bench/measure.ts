@@ -123,7 +123,7 @@ export async function measure(
   const l = row.latencyMs;
   const other = opts.latencyOf !== undefined ? Object.entries(row.byMethodMs ?? {}).filter(([m]) => m !== opts.latencyOf) : [];
   process.stdout.write(
-    `  ${padEnd(name, 22)} ${pad(`${clients}×${inFlight}`, 6)}  ${pad(fmt(row.callsPerSec), 7)} calls/s` +
+    `  ${padEnd(name, 26)} ${pad(`${clients}×${inFlight}`, 6)}  ${pad(fmt(row.callsPerSec), 7)} calls/s` +
       (row.unitsPerSec !== undefined ? `  ${pad(fmt(row.unitsPerSec), 6)} ${opts.latencyOf !== undefined ? 'ops' : 'lifecycles'}/s` : '') +
       `  p50 ${ms(l.p50)}  p90 ${ms(l.p90)}  p99 ${ms(l.p99)} ms` +
       other.map(([m, s]) => `  (${m}: p50 ${ms(s.p50)} p99 ${ms(s.p99)})`).join('') +

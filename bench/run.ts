@@ -4,10 +4,12 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { performance } from 'node:perf_hooks';
+import { ASSIGN_AGENTS, assignmentRows, E2E, FANNED_OUT, RULE_EXPRESSION, type AssignmentSetup } from './assignment.js';
 import { Child } from './child.js';
 import { timed, type Work } from './loadgen.js';
 import { closeAll, fmt, measure, ms, openConns, pad, padEnd, type Row } from './measure.js';
 import { summarizeProfile, printProfile } from './profile.js';
+import { benchRules } from './rules.js';
 
 /**
  * `npm run bench`: Troupe's task path against a raw `ws` JSON round trip on the same machine.
@@ -19,25 +21,40 @@ import { summarizeProfile, printProfile } from './profile.js';
  *   `task.create` latency and the full lifecycle (create with assignTo self → accept → start →
  *   complete, 4 calls) at 1, 10 and 100 agents, each agent its own connection with 1 call in
  *   flight.
+ * - Rules: the CEL rule micro-benchmark (bench/rules.ts), in this process: µs per evaluation.
+ * - Assignment (bench/assignment.ts): one more node with 1,000 online agents (1,000 connections
+ *   from this process): `task.autoAssign` per strategy, `task.create {autoAssign}` until the
+ *   agent's inbox notification, `task.createDistributed` with 10 subtasks (the call, and until all
+ *   10 are assigned), and `task.autoAssign` with a `task.assignment` CEL rule over 1,000 candidates.
+ *   One driver, one operation in flight; shorter windows (BENCH_ASSIGN_WARMUP_MS,
+ *   BENCH_ASSIGN_MEASURE_MS); BENCH_ASSIGN_ROWS=<part of a row name> runs only matching rows.
  * - Every row: warm-up, then a fixed window; closed loop; exact percentiles from all samples.
  *
- * Flags: `--quick` (short windows), `--profile` (only the lifecycle at 100 agents, with the
- * server under `--cpu-prof`; prints where each thread's time goes). Env: BENCH_WARMUP_MS,
- * BENCH_MEASURE_MS; BENCH_WRITER=inline|worker (default worker, as `openStore` uses) and
+ * Flags: `--quick` (short windows), `--only assignment` (rules, baseline and the assignment
+ * scenarios, without the task-path rows), `--profile` (only the lifecycle at 100 agents, or with
+ * `--only assignment` the assignment scenarios, with the server under `--cpu-prof`; prints where
+ * each thread's time goes). Env: BENCH_WARMUP_MS, BENCH_MEASURE_MS; BENCH_WRITER=inline|worker (default worker, as `openStore` uses) and
  * BENCH_SYNC=FULL|NORMAL (default FULL) and BENCH_MAX_ACTIVE (actors kept in memory) reach the server
  * process; BENCH_NODE_ARGS adds node flags to it.
  * Traffic goes to 127.0.0.1 only. Results: bench/results/latest.json (profile-summary.json).
  */
 
 const { values: flags } = parseArgs({
-  options: { quick: { type: 'boolean' }, profile: { type: 'boolean' } },
+  options: { quick: { type: 'boolean' }, profile: { type: 'boolean' }, only: { type: 'string' } },
   strict: true,
 });
+if (flags.only !== undefined && flags.only !== 'assignment') throw new Error(`--only ${flags.only}: the only section that can run alone is "assignment"`);
 const here = path.dirname(fileURLToPath(import.meta.url));
 const resultsDir = path.join(here, 'results');
 const WARMUP_MS = Number(process.env.BENCH_WARMUP_MS ?? (flags.quick ? 500 : 1500));
 const MEASURE_MS = Number(process.env.BENCH_MEASURE_MS ?? (flags.quick ? 1500 : 4000));
 const windows = { warmupMs: WARMUP_MS, measureMs: MEASURE_MS };
+/** The assignment rows are latency rows with one operation in flight: shorter windows suffice. */
+const assignWindows = {
+  warmupMs: Number(process.env.BENCH_ASSIGN_WARMUP_MS ?? (flags.quick ? 200 : 500)),
+  measureMs: Number(process.env.BENCH_ASSIGN_MEASURE_MS ?? (flags.quick ? 800 : 2500)),
+};
+const nodeArgsFromEnv = () => (process.env.BENCH_NODE_ARGS ?? '').split(' ').filter(Boolean);
 const AGENTS = 100;
 const LEVELS = [1, 10, 100];
 /** Hard stop for the whole run, whatever happens. */
@@ -91,7 +108,7 @@ async function troupeRow(
   profileDir?: string,
 ): Promise<{ row: Row; store: string; sizes: Record<string, number> }> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'troupe-bench-'));
-  const nodeArgs = [...(process.env.BENCH_NODE_ARGS ?? '').split(' ').filter(Boolean), ...(profileDir ? ['--cpu-prof', `--cpu-prof-dir=${profileDir}`, '--cpu-prof-interval=250'] : [])];
+  const nodeArgs = [...nodeArgsFromEnv(), ...(profileDir ? ['--cpu-prof', `--cpu-prof-dir=${profileDir}`, '--cpu-prof-interval=250'] : [])];
   const server = await Child.start('./serverProcess.ts', { nodeArgs, env: { BENCH_DIR: dir, BENCH_AGENTS: String(agents) } });
   const url = `ws://127.0.0.1:${server.hello.port as number}/v1`;
   const conns = await openConns(url, agents, server.hello.keys as string[]);
@@ -141,26 +158,38 @@ async function troupeRow(
   }
 }
 
-/** Troupe's rows; with `profileOnly`, just the lifecycle at 100 agents under `--cpu-prof`. */
 /** The thread id in a `--cpu-prof` file name. */
 function threadOf(file: string): number {
   return Number(/\.(\d+)\.\d+\.cpuprofile$/.exec(file)?.[1] ?? -1);
 }
 
+/** An empty bench/results/profile directory. */
+function freshProfileDir(): string {
+  const profDir = path.join(resultsDir, 'profile');
+  fs.rmSync(profDir, { recursive: true, force: true });
+  fs.mkdirSync(profDir, { recursive: true });
+  return profDir;
+}
+
+/**
+ * The profiles written to `profDir`: CPU.<date>.<time>.<pid>.<thread>.<seq>.cpuprofile, one per
+ * thread: 0 is the main thread; the others are tsx's loader-hook threads and, with the worker
+ * writer, the SQLite writer thread.
+ */
+function profileFiles(profDir: string): string[] {
+  return fs
+    .readdirSync(profDir)
+    .filter((f) => f.endsWith('.cpuprofile'))
+    .map((f) => path.join(profDir, f))
+    .sort((a, b) => threadOf(a) - threadOf(b));
+}
+
+/** Troupe's rows; with `profileOnly`, just the lifecycle at 100 agents under `--cpu-prof`. */
 async function troupe(profileOnly: boolean): Promise<{ rows: Row[]; store: string; sizes: Record<string, number>; profiles?: string[] }> {
   if (profileOnly) {
-    const profDir = path.join(resultsDir, 'profile');
-    fs.rmSync(profDir, { recursive: true, force: true });
-    fs.mkdirSync(profDir, { recursive: true });
+    const profDir = freshProfileDir();
     const r = await troupeRow('lifecycle (4 calls)', 100, profDir);
-    // CPU.<date>.<time>.<pid>.<thread>.<seq>.cpuprofile, one per thread: 0 is the main thread; the
-    // others are tsx's loader-hook threads and, with the worker writer, the SQLite writer thread.
-    const profiles = fs
-      .readdirSync(profDir)
-      .filter((f) => f.endsWith('.cpuprofile'))
-      .map((f) => path.join(profDir, f))
-      .sort((a, b) => threadOf(a) - threadOf(b));
-    return { rows: [r.row], store: r.store, sizes: r.sizes, profiles };
+    return { rows: [r.row], store: r.store, sizes: r.sizes, profiles: profileFiles(profDir) };
   }
   const rows: Row[] = [];
   let last: Awaited<ReturnType<typeof troupeRow>> | undefined;
@@ -197,6 +226,10 @@ function printTable(raw: Row[], tr: Row[]): void {
       `  ${padEnd(`${r.clients}×${r.inFlightPerClient}`, 18)} ${pad(fmt(r.callsPerSec), 8)} ${pad(ms(r.latencyMs.p50), 7)} ${pad(ms(r.latencyMs.p90), 7)} ${pad(ms(r.latencyMs.p99), 7)}      ${pad(fmt(r.serverCpuPct ?? NaN) + '%', 7)} ${pad(fmt(r.clientCpuPct) + '%', 7)} ${pad(fmt(r.otherCpuPct ?? NaN) + '%', 6)}`,
     );
   }
+  if (tr.length === 0) {
+    process.stdout.write(out.join('\n') + '\n');
+    return;
+  }
   out.push('');
   out.push('Troupe vs raw ws at the same concurrency (agents = connections, 1 call in flight each)');
   out.push(
@@ -229,10 +262,93 @@ function printTable(raw: Row[], tr: Row[]): void {
   process.stdout.write(out.join('\n') + '\n');
 }
 
+type RuleRow = Awaited<ReturnType<typeof benchRules>>[number];
+
+function printRules(rules: RuleRow[]): void {
+  const out = ['', 'Rule evaluation (bench/rules.ts, in this process; CEL, compiled once; µs per evaluation, mean over 100,000)'];
+  for (const r of rules) out.push(`  ${padEnd(r.name, 52)} ${pad(r.perEvalMicros.toFixed(3), 8)} µs`);
+  process.stdout.write(out.join('\n') + '\n');
+}
+
+/** The assignment rows; next to the raw ws round trip at 1 client × 1 in flight. */
+function printAssignment(raw: Row[], rows: Row[], setup: AssignmentSetup): void {
+  const b = raw.find((r) => r.clients === 1 && r.inFlightPerClient === 1)!;
+  const out: string[] = [];
+  out.push('');
+  out.push(`Assignment among ${fmt(setup.agents)} online agents (one node; 1 driver, 1 operation in flight; each agent its own connection, subscribed to its inbox)`);
+  out.push(
+    `  ${padEnd('scenario', 48)} ${pad('n', 5)} ${pad('ops/s', 6)} ${pad('p50', 6)} ${pad('p90', 6)} ${pad('p99', 6)} ${pad('max', 6)} │ ${pad('raw p50', 7)} ${pad('raw p99', 7)} │ ${pad('srv CPU', 7)} ${pad('µs/op', 6)} ${pad('RSS MiB', 7)} ${pad('other', 6)}`,
+  );
+  const line = (label: string, l: Row['latencyMs'], r?: Row) =>
+    `  ${padEnd(label, 48)} ${pad(String(l.count), 5)} ${pad(r ? fmt(r.unitsPerSec ?? NaN) : '', 6)} ${pad(ms(l.p50), 6)} ${pad(ms(l.p90), 6)} ${pad(ms(l.p99), 6)} ${pad(ms(l.max), 6)} │ ` +
+    (r
+      ? `${pad(ms(b.latencyMs.p50), 7)} ${pad(ms(b.latencyMs.p99), 7)} │ ${pad(fmt(r.serverCpuPct ?? NaN) + '%', 7)} ${pad(fmt(r.serverCpuUsPerUnit ?? NaN), 6)} ${pad(fmt((r.serverRssBytes ?? NaN) / 2 ** 20), 7)} ${pad(fmt(r.otherCpuPct ?? NaN) + '%', 6)}` +
+        (r.errors ? `  ERRORS ${r.errors}: ${r.firstError}` : '')
+      : `${pad('', 7)} ${pad('', 7)} │`);
+  for (const r of rows) {
+    const label =
+      r.latencyOf === 'task.autoAssign'
+        ? `task.autoAssign ${r.name.replace(/^autoAssign /, '').replace('ll + CEL rule', 'least_loaded + CEL rule')}`
+        : r.latencyOf === E2E
+          ? `task.create autoAssign → agent's inbox notified`
+          : r.latencyOf === 'task.createDistributed'
+            ? 'task.createDistributed, 10 subtasks: the call'
+            : r.name;
+    out.push(line(label, r.latencyMs, r));
+    const fanned = r.byMethodMs?.[FANNED_OUT];
+    if (fanned) out.push(line('  … until all 10 subtasks assigned (inboxes)', fanned));
+    const create = r.latencyOf === E2E ? r.byMethodMs?.['task.create'] : undefined;
+    if (create) out.push(line('  … the task.create call itself', create));
+  }
+  out.push(`  (latencies in ms over n samples; ops/s = operations per second at 1 in flight; µs/op = server CPU per operation, including the`);
+  out.push(`   untimed task.create before each task.autoAssign; the CEL rule is \`${RULE_EXPRESSION}\`, evaluated for each of the 1,000 candidates;`);
+  out.push(`   raw = the raw ws round trip at 1×1 above; setup ${((setup.serverStartMs + setup.connectMs + setup.registerMs + setup.subscribeMs) / 1000).toFixed(1)} s, RSS after setup ${fmt(setup.serverRssBytesAfterSetup / 2 ** 20)} MiB)`);
+  const noisy = rows.filter((r) => (r.otherCpuPct ?? 0) > 15);
+  if (noisy.length > 0) out.push(`  WARNING: ${noisy.length} row(s) ran while other processes used more than 15% CPU; rerun on a quiet machine.`);
+  process.stdout.write(out.join('\n') + '\n');
+}
+
 interface Check {
   target: string;
   pass: boolean;
   detail: string;
+}
+
+function assignmentChecks(rules: RuleRow[], rows: Row[]): Check[] {
+  const result: Check[] = [];
+  const evals = rules.filter((r) => r.name.startsWith('rule eval'));
+  const worst = Math.max(...evals.map((r) => r.perEvalMicros));
+  result.push({
+    target: 'rule evaluation < 5 ms per rule',
+    pass: worst < 5000,
+    detail: `slowest ${worst.toFixed(3)} µs per evaluation (${evals.length} ways of evaluating)`,
+  });
+  const d = rows.find((r) => r.latencyOf === 'task.createDistributed');
+  const fanned = d?.byMethodMs?.[FANNED_OUT];
+  if (d && fanned) {
+    result.push({
+      target: 'task.createDistributed with 10 subtasks p99 < 200 ms',
+      pass: d.latencyMs.p99 < 200 && d.errors === 0,
+      detail: `call p99 ${ms(d.latencyMs.p99)} ms`,
+    });
+    result.push({
+      target: 'distributed task fanned out (all 10 subtasks assigned among 1,000 agents) p99 < 200 ms',
+      pass: fanned.p99 < 200 && d.errors === 0,
+      detail: `p99 ${ms(fanned.p99)} ms`,
+    });
+    result.push({
+      target: 'distributed task fanned out p99 < 20 ms on the embedded store (informational)',
+      pass: fanned.p99 < 20 && d.errors === 0,
+      detail: `p99 ${ms(fanned.p99)} ms`,
+    });
+  }
+  const failed = rows.filter((r) => r.errors > 0);
+  result.push({
+    target: `every assignment operation among ${ASSIGN_AGENTS} agents succeeded`,
+    pass: failed.length === 0,
+    detail: failed.length === 0 ? `${rows.reduce((n, r) => n + (r.units ?? 0), 0)} operations in the windows` : failed.map((r) => `${r.name}: ${r.errors} (${r.firstError})`).join('; '),
+  });
+  return result;
 }
 
 function checks(raw: Row[], tr: Row[]): Check[] {
@@ -276,11 +392,24 @@ async function main(): Promise<void> {
       `warm-up ${WARMUP_MS} ms + window ${MEASURE_MS} ms per row; closed loop; server and echo server each in their own process\n`,
   );
 
+  const assignmentOnly = flags.only === 'assignment';
   if (flags.profile) {
-    process.stdout.write('\nProfiling the Troupe server under the lifecycle load at 100 agents\n');
-    const t = await troupe(true);
-    process.stdout.write(`store: ${t.store}\n`);
-    const profiles = t.profiles ?? [];
+    let profiles: string[];
+    let profiledRows: Row[];
+    if (assignmentOnly) {
+      process.stdout.write(`\nProfiling the Troupe server under the assignment scenarios with ${ASSIGN_AGENTS} agents\n`);
+      const profDir = freshProfileDir();
+      const a = await assignmentRows({ windows: assignWindows, nodeArgs: nodeArgsFromEnv(), only: process.env.BENCH_ASSIGN_ROWS, profileDir: profDir });
+      process.stdout.write(`store: ${a.setup.store}\n`);
+      profiles = profileFiles(profDir);
+      profiledRows = a.rows;
+    } else {
+      process.stdout.write('\nProfiling the Troupe server under the lifecycle load at 100 agents\n');
+      const t = await troupe(true);
+      process.stdout.write(`store: ${t.store}\n`);
+      profiles = t.profiles ?? [];
+      profiledRows = t.rows;
+    }
     if (profiles.length === 0) throw new Error('no .cpuprofile was written');
     const summaries = profiles.map((file) => ({ file, thread: threadOf(file), summary: summarizeProfile(file) }));
     const main = summaries.find((p) => p.thread === 0) ?? summaries[0]!;
@@ -290,24 +419,47 @@ async function main(): Promise<void> {
       process.stdout.write(`\n=== thread ${p.thread}${p.thread === 0 ? ' (main: event loop)' : ''} — ${path.relative(process.cwd(), p.file)}\n`);
       printProfile(p.summary);
     }
-    fs.writeFileSync(path.join(resultsDir, 'profile-summary.json'), JSON.stringify({ env: e, row: t.rows[0], profiles: summaries }, null, 2));
+    fs.writeFileSync(path.join(resultsDir, 'profile-summary.json'), JSON.stringify({ env: e, rows: profiledRows, profiles: summaries }, null, 2));
     process.stdout.write('\nopen a .cpuprofile in Chrome DevTools (Performance) or speedscope for the call tree\n');
     return;
   }
 
+  process.stdout.write('\nRule evaluation (in process)\n');
+  const rules = await benchRules();
+  for (const r of rules) process.stdout.write(`  ${padEnd(r.name, 52)} ${pad(r.perEvalMicros.toFixed(3), 8)} µs\n`);
   process.stdout.write('\nRaw ws baseline\n');
   const raw = await baseline();
-  process.stdout.write('\nTroupe\n');
-  const t = await troupe(false);
-  process.stdout.write(`store: ${t.store}, a fresh node and database per row; create request ${t.sizes.createRequestBytes} B, reply ${t.sizes.createReplyBytes} B\n`);
-  printTable(raw, t.rows);
-  const cs = checks(raw, t.rows);
+  let t: Awaited<ReturnType<typeof troupe>> | undefined;
+  if (!assignmentOnly) {
+    process.stdout.write('\nTroupe\n');
+    t = await troupe(false);
+    process.stdout.write(`store: ${t.store}, a fresh node and database per row; create request ${t.sizes.createRequestBytes} B, reply ${t.sizes.createReplyBytes} B\n`);
+  }
+  process.stdout.write(`\nTroupe: assignment among ${ASSIGN_AGENTS} agents (warm-up ${assignWindows.warmupMs} ms + window ${assignWindows.measureMs} ms per row)\n`);
+  const a = await assignmentRows({ windows: assignWindows, nodeArgs: nodeArgsFromEnv(), only: process.env.BENCH_ASSIGN_ROWS });
+  printTable(raw, t?.rows ?? []);
+  printRules(rules);
+  printAssignment(raw, a.rows, a.setup);
+  const cs = [...checks(raw, t?.rows ?? []), ...assignmentChecks(rules, a.rows)];
   process.stdout.write('\nTargets\n');
   for (const c of cs) process.stdout.write(`  [${c.pass ? 'PASS' : 'MISS'}] ${c.target}: ${c.detail}\n`);
-  const file = path.join(resultsDir, 'latest.json');
+  const file = path.join(resultsDir, assignmentOnly ? 'latest-assignment.json' : 'latest.json');
   fs.writeFileSync(
     file,
-    JSON.stringify({ at: new Date().toISOString(), env: { ...e, store: t.store, ...t.sizes }, baseline: raw, troupe: t.rows, checks: cs }, null, 2) + '\n',
+    JSON.stringify(
+      {
+        at: new Date().toISOString(),
+        env: { ...e, store: a.setup.store, ...t?.sizes, assignWarmupMs: assignWindows.warmupMs, assignMeasureMs: assignWindows.measureMs },
+        baseline: raw,
+        troupe: t?.rows ?? [],
+        rules,
+        assignmentSetup: a.setup,
+        assignment: a.rows,
+        checks: cs,
+      },
+      null,
+      2,
+    ) + '\n',
   );
   process.stdout.write(`\nresults: ${path.relative(process.cwd(), file)} (${((performance.now() - started) / 1000).toFixed(0)} s; load avg now ${os.loadavg().map((x) => x.toFixed(2)).join(' ')})\n`);
 }

@@ -76,6 +76,9 @@ export function assignmentHandlers(app: App): Handlers {
       const dir = await app.directory.tenant(p.tenantId);
       const me = await registeredAgent(app, p, p.principalId);
       const t = await taskView(app, p, taskId);
+      if (t.status !== 'pending') {
+        throw new ProtocolError('ILLEGAL_TRANSITION', `Task ${taskId} is ${t.status}; only pending tasks can be claimed.`, { state: t.status });
+      }
       const missing = t.requiredCapabilities.filter((c) => !me.agent.capabilities.includes(c));
       if (missing.length) {
         throw new ProtocolError('FORBIDDEN', `Task ${taskId} needs ${missing.join(', ')}, which you (${p.principalId}) do not have.`, { missing });

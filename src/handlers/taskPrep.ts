@@ -88,7 +88,8 @@ export async function prepareTask(
     assignTo: req.assignTo,
     parentTaskId: req.parentTaskId,
     autoAssign: autoAssign && !req.assignTo,
-    assignmentStrategy: req.assignmentStrategy ?? ruled.assignmentStrategy ?? policy.assignment.strategy,
+    // The policy's strategy is looked up at each decision, so a policy change reaches waiting tasks.
+    assignmentStrategy: req.assignmentStrategy ?? ruled.assignmentStrategy,
     offerTimeoutSeconds: req.offerTimeoutSeconds ?? ruled.offerTimeoutSeconds ?? d.offerTimeoutSeconds ?? (autoAssign ? DEFAULT_AUTO_OFFER_SECONDS : undefined),
     leaseSeconds: req.leaseSeconds ?? ruled.leaseSeconds ?? d.leaseSeconds ?? app.leaseSeconds,
     onLeaseExpired: req.onLeaseExpired,

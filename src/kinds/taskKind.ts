@@ -7,6 +7,9 @@ import { leafState } from './stateName.js';
 
 type TaskSnapshot = SnapshotFrom<typeof taskMachine>;
 
+/** States clients never see: not created yet, staged as part of a tree being built, deleted. */
+const HIDDEN = new Set(['draft', 'staged', 'deleted']);
+
 /** The wire form of a task actor's state. */
 export function taskResource(data: TaskData, status: TaskStatus, version: number): Task {
   return { ...data, status, a2aState: A2AStates[status], version };
@@ -17,13 +20,10 @@ export const taskKind: ActorKind<typeof taskMachine> = {
   kind: 'task',
   machine: taskMachine,
   status: (s: TaskSnapshot) => leafState(s.value),
-  exists: (s: TaskSnapshot) => {
-    const st = leafState(s.value);
-    return st !== 'draft' && st !== 'deleted';
-  },
+  exists: (s: TaskSnapshot) => !HIDDEN.has(leafState(s.value)),
   view(s: TaskSnapshot, address: ActorAddress, version: number): ViewRecord | null {
     const status = leafState(s.value);
-    if (status === 'draft' || status === 'deleted') return null;
+    if (HIDDEN.has(status)) return null;
     const t = s.context.task;
     return {
       tenant: address.tenant,
@@ -49,6 +49,8 @@ export const taskKind: ActorKind<typeof taskMachine> = {
     return st === 'completed' || st === 'cancelled' || st === 'timed_out' || st === 'deleted';
   },
   topics(event, before: TaskSnapshot, after: TaskSnapshot) {
+    // A task being staged, or a staged one removed, stays invisible: nobody is told about it.
+    if (HIDDEN.has(leafState(before.value)) && HIDDEN.has(leafState(after.value))) return [];
     const topics = [`task:${event.actorId}`, 'tenant'];
     const was = before.context.task.assignedTo;
     const is = after.context.task.assignedTo;

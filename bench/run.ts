@@ -36,7 +36,8 @@ import { benchRules } from './rules.js';
  * each thread's time goes). Env: BENCH_WARMUP_MS, BENCH_MEASURE_MS; BENCH_WRITER=inline|worker (default worker, as `openStore` uses) and
  * BENCH_SYNC=FULL|NORMAL (default FULL) and BENCH_MAX_ACTIVE (actors kept in memory) reach the server
  * process; BENCH_NODE_ARGS adds node flags to it.
- * Traffic goes to 127.0.0.1 only. Results: bench/results/latest.json (profile-summary.json).
+ * Traffic goes to 127.0.0.1 only. Results: bench/results/latest.json (with `--only assignment`:
+ * latest-assignment.json; with `--profile`: profile-summary.json).
  */
 
 const { values: flags } = parseArgs({

@@ -21,6 +21,8 @@ export type Decision =
 
 /** The longest an auto-assigned task waits before it asks again (capacity changes also wake it). */
 const MAX_WAIT_MS = 60_000;
+const NO_STATS = { successRate: null, meanCompletionMs: null, samples: 0 };
+
 /** How many waiting tasks one capacity change tries to place. */
 const KICK_BATCH = 64;
 
@@ -71,6 +73,9 @@ export class Assigner {
     const counts = { offline: 0, unavailable: 0, full: 0, capability: 0, declined: 0, rule: 0 };
     const refusals: string[] = [];
     const cands: Candidate[] = [];
+    // Hot with a thousand agents: records are passed as they are, not copied, and statistics
+    // are only worked out for the strategy that weighs them.
+    const needStats = strategy === 'performance_based';
     for (const e of dir.agents.values()) {
       const a = e.agent;
       if (a.status === 'offline') counts.offline++;
@@ -79,11 +84,11 @@ export class Assigner {
       else if (!required.every((c) => a.capabilities.includes(c))) counts.capability++;
       else if (declined.has(a.id)) counts.declined++;
       else {
-        const verdict = rule?.({ ...dir.resource(e) }) ?? { allowed: true as const };
-        if (!verdict.allowed) {
+        const verdict = rule ? rule(dir.resource(e) as unknown as Record<string, unknown>) : null;
+        if (verdict && !verdict.allowed) {
           counts.rule++;
           if (refusals.length < 3) refusals.push(`${a.id}: ${verdict.rule.name} (${verdict.reason})`);
-        } else cands.push({ agent: dir.resource(e), load: e.load, stats: dir.stats(e) });
+        } else cands.push({ agent: a, load: e.load, stats: needStats ? dir.stats(e) : NO_STATS });
       }
     }
     if (cands.length === 0) {

@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { IdempotencyConflict, outboxId, type TurnResult } from '../../actors/ActorHost.js';
+import { IdempotencyConflict, type TurnResult } from '../../actors/ActorHost.js';
 import { uuidv7 } from '../../actors/uuidv7.js';
 import { initialActivations } from '../../machines/distribution.js';
 import type { taskMachine } from '../../machines/taskMachine.js';
@@ -106,10 +106,10 @@ export function distributedHandlers(app: App): Handlers {
         priority: params.priority,
         parameters: params.parameters,
       });
-      const staged: string[] = [];
-      let index = -1;
-      try {
-        await stage(ctx, parentId, {
+      // Every part is validated and staged at once (their commits group); if any part is
+      // refused, every part that was staged is removed again.
+      const parts = [
+        stage(ctx, parentId, {
           ...parentFields,
           taskType: parentFields.type,
           // The parent is coordinated by its subtasks, never assigned, leased or retried itself.
@@ -120,23 +120,21 @@ export function distributedHandlers(app: App): Handlers {
           timeoutSeconds: undefined,
           deadline: params.timeoutSeconds ? new Date(now + params.timeoutSeconds * 1000).toISOString() : undefined,
           distribution,
-        });
-        staged.push(parentId);
-        for (index = 0; index < params.subtasks.length; index++) {
-          const st = params.subtasks[index]!;
+        }),
+        ...params.subtasks.map(async (st, i) => {
           if (st.assignTo) await registeredAgent(app, p, st.assignTo);
-          const f = await prepareTask(app, p, {
-            ...st,
-            type: st.type ?? params.type,
-            parentTaskId: parentId,
-            autoAssign: st.autoAssign ?? !st.assignTo,
-          });
-          await stage(ctx, ids[index]!, { ...f, taskType: f.type });
-          staged.push(ids[index]!);
-        }
-      } catch (e) {
+          const f = await prepareTask(app, p, { ...st, type: st.type ?? params.type, parentTaskId: parentId, autoAssign: st.autoAssign ?? !st.assignTo });
+          await stage(ctx, ids[i]!, { ...f, taskType: f.type });
+        }),
+      ];
+      const outcomes = await Promise.allSettled(parts);
+      const failed = outcomes.findIndex((o) => o.status === 'rejected');
+      const staged = [parentId, ...ids].filter((_, i) => outcomes[i]!.status === 'fulfilled');
+      if (failed >= 0) {
         await compensate(ctx, staged);
-        if (index < 0) throw e;
+        const e = (outcomes[failed] as PromiseRejectedResult).reason as unknown;
+        if (failed === 0) throw e;
+        const index = failed - 1;
         const err = e instanceof ProtocolError ? e : new ProtocolError('INTERNAL', 'The subtask could not be created.');
         throw new ProtocolError(err.reason, `Subtask ${index + 1} ("${params.subtasks[index]!.title}") could not be created, so nothing was: ${err.message}`, {
           ...err.data,
@@ -144,9 +142,8 @@ export function distributedHandlers(app: App): Handlers {
         });
       }
 
-      let activation: TurnResult<typeof taskMachine>;
       try {
-        activation = applied(
+        applied(
           await host.send<typeof taskMachine>(address(p, parentId), { type: 'task.activate' }, {
             principal: p.principalId,
             correlationId: ctx.correlationId,
@@ -161,24 +158,9 @@ export function distributedHandlers(app: App): Handlers {
         }
         throw e;
       }
-      // Start the first subtasks now rather than when the outbox gets to them: with the outbox's
-      // own message ids, so whichever comes second is dropped (as a duplicate, or because the
-      // subtask is active already).
-      const first = initialActivations(distribution);
-      await Promise.all(
-        first.map((id, n) =>
-          host
-            .send(address(p, id), { type: 'task.activate' }, {
-              principal: 'system',
-              eventId: outboxId(activation.event.id, n),
-              causationId: outboxId(activation.event.id, n),
-              correlationId: ctx.correlationId,
-            })
-            .catch((e: unknown) => {
-              if (!isProtocolError(e, 'ILLEGAL_TRANSITION')) throw e;
-            }),
-        ),
-      );
+      // The activation's messages to the first subtasks were handed to their mailboxes as it
+      // committed; a read queued behind them returns once they are active, so the reply shows them.
+      await Promise.all(initialActivations(distribution).map((id) => host.read(address(p, id)).catch(() => undefined)));
       return result(p, parentId);
     },
 

@@ -207,6 +207,8 @@ test('loadConfig has documented defaults', () => {
     jwtAudience: undefined,
     logLevel: 'info',
     bootstrap: true,
+    leaseSeconds: 60,
+    defaultStrategy: 'least_loaded',
   });
 });
 

@@ -251,6 +251,22 @@ function failAttempt(ctx: TaskContext, at: number, error: string, retryable: boo
   return { task: base, clearTimers: true, send: parentNotice(base, final) };
 }
 
+/**
+ * What a running attempt (in progress or waiting for input) shares: hand-over, lease renewal and
+ * lapse, failure, and the attempt timeout (retried while attempts remain).
+ */
+const running = {
+  'task.delegate': { target: 'assigned', actions: 'assignTo' },
+  'task.renewLease': { actions: 'renewLease' },
+  'task.fail': { target: '#task.failed', actions: 'failAttempt' },
+  'timer.fired': [
+    { guard: 'leaseLapsedToReoffer', target: 'pending', actions: 'leaseLapsed' },
+    { guard: { type: 'isTimer', params: { name: 'lease' } }, target: '#task.failed', actions: 'failAttempt' },
+    { guard: 'attemptTimerWithRetriesLeft', target: '#task.failed', actions: 'failAttempt' },
+    { guard: { type: 'isTimer', params: { name: 'timeout' } }, target: '#task.timed_out', actions: 'failAttempt' },
+  ],
+} as const;
+
 /** A finished task (completed, cancelled, timed out) can only be archived or deleted. */
 const finished = {
   on: {
@@ -676,30 +692,14 @@ export const taskMachine = setup({
             'task.progress': { actions: 'progress' },
             'task.requestInput': { target: 'input_required', actions: 'requestInput' },
             'task.complete': { target: '#task.completed', actions: 'complete' },
-            'task.delegate': { target: 'assigned', actions: 'assignTo' },
-            'task.renewLease': { actions: 'renewLease' },
-            'task.fail': { target: '#task.failed', actions: 'failAttempt' },
-            'timer.fired': [
-              { guard: 'leaseLapsedToReoffer', target: 'pending', actions: 'leaseLapsed' },
-              { guard: { type: 'isTimer', params: { name: 'lease' } }, target: '#task.failed', actions: 'failAttempt' },
-              { guard: 'attemptTimerWithRetriesLeft', target: '#task.failed', actions: 'failAttempt' },
-              { guard: { type: 'isTimer', params: { name: 'timeout' } }, target: '#task.timed_out', actions: 'failAttempt' },
-            ],
+            ...running,
           },
         },
         input_required: {
           on: {
             'task.provideInput': { target: 'in_progress', actions: 'provideInput' },
             'task.progress': { actions: 'progress' },
-            'task.delegate': { target: 'assigned', actions: 'assignTo' },
-            'task.renewLease': { actions: 'renewLease' },
-            'task.fail': { target: '#task.failed', actions: 'failAttempt' },
-            'timer.fired': [
-              { guard: 'leaseLapsedToReoffer', target: 'pending', actions: 'leaseLapsed' },
-              { guard: { type: 'isTimer', params: { name: 'lease' } }, target: '#task.failed', actions: 'failAttempt' },
-              { guard: 'attemptTimerWithRetriesLeft', target: '#task.failed', actions: 'failAttempt' },
-              { guard: { type: 'isTimer', params: { name: 'timeout' } }, target: '#task.timed_out', actions: 'failAttempt' },
-            ],
+            ...running,
           },
         },
       },

@@ -1,29 +1,12 @@
 import { z } from 'zod';
 import type { TaskCreateFields } from '../../machines/taskMachine.js';
 import { ProtocolError } from '../../protocol/errors.js';
-import { AssignmentStrategies, TaskPriorities, type AssignmentStrategy, type LeaseExpiry, type Principal, type TaskPriority } from '../../protocol/model.js';
+import type { MethodSchemas } from '../../protocol/methods.js';
+import { AssignmentStrategies, TaskPriorities, type Principal } from '../../protocol/model.js';
 import type { App } from '../server/App.js';
 
 /** What a client asks for when it creates a task (validated by the method's schema). */
-export interface TaskRequest {
-  type: string;
-  title: string;
-  description?: string;
-  priority?: TaskPriority;
-  parameters?: Record<string, unknown>;
-  requiredCapabilities?: string[];
-  maxRetries?: number;
-  retryBackoffMs?: number;
-  timeoutSeconds?: number;
-  deadline?: string;
-  assignTo?: string;
-  parentTaskId?: string;
-  autoAssign?: boolean;
-  assignmentStrategy?: AssignmentStrategy;
-  offerTimeoutSeconds?: number;
-  leaseSeconds?: number;
-  onLeaseExpired?: LeaseExpiry;
-}
+export type TaskRequest = Omit<z.output<(typeof MethodSchemas)['task.create']>, 'idempotencyKey'>;
 
 /** Values a `task.defaults` rule may supply, checked like the client's own fields. */
 const RuleDefaults = z.object({

@@ -1,7 +1,5 @@
-import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import Database from 'better-sqlite3';
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
@@ -16,8 +14,8 @@ import { leafState } from '../../src/kinds/stateName.js';
 import { SqliteStore } from '../../src/storage/SqliteStore.js';
 import { sqliteStore, startServer, tempDir, type TestServer } from '../helpers/server.js';
 import { waitFor } from '../helpers/waitFor.js';
+import { startServerProcess, type ServerProcess } from '../helpers/node.js';
 
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 
 interface Ctx {
   dir: string;
@@ -207,47 +205,10 @@ test('restores a stream longer than 50 events from its snapshot, equal to a full
 
 test.run();
 
-// ---------------------------------------------------------------------------------------------
-
-interface Node {
-  child: ChildProcess;
-  url: string;
-  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
-}
-
-/** Starts `src/main.ts` as a child process on a data directory; resolves once it listens. */
-async function startNode(dir: string): Promise<Node> {
-  const child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts', '--port', '0', '--host', '127.0.0.1'], {
-    cwd: ROOT,
-    env: {
-      ...Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('TROUPE_'))),
-      TROUPE_DATA_DIR: dir,
-      TROUPE_LOG_LEVEL: 'silent',
-      TROUPE_BOOTSTRAP: 'true',
-      TROUPE_SQLITE_SYNC: 'FULL',
-    },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
-    child.once('exit', (code, signal) => resolve({ code, signal })),
-  );
-  let out = '';
-  let err = '';
-  child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
-  child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
-  const url = await Promise.race([
-    waitFor(() => /listening on (ws:\/\/\S+\/v1)/.exec(out)?.[1], { timeoutMs: 30_000 }),
-    exited.then(({ code }) => {
-      throw new Error(`troupe exited with ${code} before listening: ${err}`);
-    }),
-  ]);
-  return { child, url, exited };
-}
-
 interface CrashCtx {
   dir: string;
   remove: () => void;
-  nodes: Node[];
+  nodes: ServerProcess[];
 }
 
 const crash = suite<CrashCtx>('restart: a crash in the middle of the load loses nothing acknowledged');
@@ -266,7 +227,7 @@ crash.after(async (ctx) => {
 });
 
 crash('keeps every acknowledged task through SIGKILL, resets agents, and replays to the stored snapshots', async (ctx) => {
-  const first = await startNode(ctx.dir);
+  const first = await startServerProcess(ctx.dir);
   ctx.nodes.push(first);
   const adminKey = fs.readFileSync(path.join(ctx.dir, 'admin.key'), 'utf8').trim();
   assert.match(adminKey, /^trp_/);
@@ -325,7 +286,7 @@ crash('keeps every acknowledged task through SIGKILL, resets agents, and replays
   await Promise.all([...clients, w1].map((c) => c.close()));
   const ackedCount = acked.length;
 
-  const second = await startNode(ctx.dir);
+  const second = await startServerProcess(ctx.dir);
   ctx.nodes.push(second);
   assert.is(fs.readFileSync(path.join(ctx.dir, 'admin.key'), 'utf8').trim(), adminKey, 'no second bootstrap');
   const admin2 = await connect(second.url, { token: adminKey, reconnect: false });

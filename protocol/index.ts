@@ -6,3 +6,4 @@ export * from './model.js';
 export * from './schema.js';
 export * from './client.js';
 export * from './rules.js';
+export * from './workflows.js';

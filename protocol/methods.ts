@@ -2,6 +2,7 @@ import { z } from 'zod';
 import { Aggregations, AgentStatuses, AssignmentStrategies, CompletionModes, Coordinations, TaskPriorities, TaskStatuses } from './model.js';
 import type { Agent, ActorEvent, AgentPerformance, AssignmentStrategy, DelegationKind, Page, Principal, Task, TaskTree } from './model.js';
 import { RuleMethodDescriptions, RuleMethodSchemas, type RuleMethodResults } from './rules.js';
+import { WorkflowMethodDescriptions, WorkflowMethodSchemas, type WorkflowMethodResults } from './workflows.js';
 import { Id } from './ids.js';
 
 /**
@@ -195,6 +196,7 @@ export const MethodSchemas = {
   }),
 
   ...RuleMethodSchemas,
+  ...WorkflowMethodSchemas,
 } as const;
 
 /** Every method name. */
@@ -207,7 +209,7 @@ export type ParamsOf<M extends MethodName> = z.input<(typeof MethodSchemas)[M]>;
 export type BatchItem<T> = { ok: true; value: T } | { ok: false; error: { code: number; message: string; data?: unknown } };
 
 /** Result type of every method (for the typed client). */
-export interface MethodResults extends RuleMethodResults {
+export interface MethodResults extends RuleMethodResults, WorkflowMethodResults {
   'session.authenticate': Principal;
   'session.whoami': Principal & { connectionId: string };
   ping: { pong: true; time: string };
@@ -310,6 +312,7 @@ export const MethodDescriptions: Record<MethodName, string> = {
   'task.tree': 'A task with its subtasks, recursively.',
   'task.cancelTree': 'Cancel a task and every unfinished task below it.',
   ...RuleMethodDescriptions,
+  ...WorkflowMethodDescriptions,
 };
 
 /** True if `name` is a method of the catalogue. */

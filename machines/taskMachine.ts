@@ -1,5 +1,5 @@
 import { assign, emit, enqueueActions, setup } from 'xstate';
-import type { AssignmentStrategy, Delegation, DelegationKind, Distribution, LeaseExpiry, Task, TaskPriority } from '../protocol/model.js';
+import type { AssignmentStrategy, Delegation, DelegationKind, Distribution, LeaseExpiry, Task, TaskOrigin, TaskPriority } from '../protocol/model.js';
 import { initialActivations, markActive, settle, type SubtaskOutcome } from './distribution.js';
 import { iso, type Effect, type Stamp, type TimerFired } from './effects.js';
 
@@ -41,6 +41,8 @@ export interface TaskCreateFields {
   distribution?: Distribution;
   /** Created invisible, to be activated (or deleted) later: how task trees appear all at once. */
   staged?: boolean;
+  /** The workflow execution step this task runs, if any: it is told when the task settles. */
+  origin?: TaskOrigin;
 }
 
 /** Fields `task.update` may change. */
@@ -99,6 +101,7 @@ const emptyTask: TaskData = {
   createdBy: '',
   assignedTo: null,
   parentTaskId: null,
+  origin: null,
   progress: null,
   inputRequest: null,
   inputs: [],
@@ -170,16 +173,25 @@ function applyChange(ctx: TaskContext, c: Change): { context: Pick<TaskContext, 
   return { context: { task: c.task ?? ctx.task, timers }, effects };
 }
 
-/** The message a subtask sends its parent when it settles (none for tasks without a parent). */
-function parentNotice(task: TaskData, status: Settled): Change['send'] {
-  if (!task.parentTaskId) return [];
-  return [
-    {
-      kind: 'task',
-      id: task.parentTaskId,
-      event: { type: 'task.subtaskSettled', subtaskId: task.id, status, result: task.result, error: task.error, agent: task.assignedTo },
-    },
-  ];
+/**
+ * The messages a task sends when it settles: to its parent (a subtask of a distributed task) and
+ * to the workflow execution whose step it runs.
+ */
+function parentNotice(task: TaskData, status: Settled): NonNullable<Change['send']> {
+  const out: NonNullable<Change['send']> = [];
+  const outcome = { status, result: task.result, error: task.error, agent: task.assignedTo };
+  if (task.parentTaskId) {
+    out.push({ kind: 'task', id: task.parentTaskId, event: { type: 'task.subtaskSettled', subtaskId: task.id, ...outcome } });
+  }
+  if (task.origin) {
+    const o = task.origin;
+    out.push({
+      kind: 'execution',
+      id: o.executionId,
+      event: { type: 'execution.stepSettled', stepId: o.stepId, attempt: o.attempt, role: o.role, taskId: task.id, ...outcome },
+    });
+  }
+  return out;
 }
 
 /** Cancels a parent's unsettled subtasks. */
@@ -345,6 +357,7 @@ export const taskMachine = setup({
           requiredCapabilities: e.requiredCapabilities ?? [],
           createdBy: e.by,
           parentTaskId: e.parentTaskId ?? null,
+          origin: e.origin ?? null,
           maxRetries: e.maxRetries ?? 0,
           retryBackoffMs: e.retryBackoffMs ?? DEFAULT_RETRY_BACKOFF_MS,
           timeoutSeconds: e.timeoutSeconds ?? null,
@@ -492,7 +505,7 @@ export const taskMachine = setup({
     complete: enqueueActions(({ context, event, enqueue }) => {
       const e = event as E<'task.complete'>;
       const task = touch(context.task, e.at, { result: e.result ?? null, completedAt: iso(e.at), inputRequest: null, leaseExpiresAt: null });
-      const r = applyChange(context, { task, clearTimers: true, send: [...parentNotice(task, 'completed')!, ...cancelSubtasks(task, null, 'the parent task was completed')] });
+      const r = applyChange(context, { task, clearTimers: true, send: [...parentNotice(task, 'completed'), ...cancelSubtasks(task, null, 'the parent task was completed')] });
       for (const fx of r.effects) enqueue.emit(fx);
       enqueue.assign(r.context);
     }),
@@ -578,7 +591,7 @@ export const taskMachine = setup({
       const r = applyChange(context, {
         task,
         clearTimers: true,
-        send: [...parentNotice(task, params.status === 'timed_out' ? 'timed_out' : 'cancelled')!, ...cancelSubtasks(task, null, why)],
+        send: [...parentNotice(task, params.status === 'timed_out' ? 'timed_out' : 'cancelled'), ...cancelSubtasks(task, null, why)],
       });
       for (const fx of r.effects) enqueue.emit(fx);
       enqueue.assign(r.context);
@@ -600,11 +613,11 @@ export const taskMachine = setup({
       if (step.verdict === 'complete') {
         task = touch(task, e.at, { result: step.result ?? null, error: null, completedAt: iso(e.at) });
         Object.assign(change, { clearTimers: true });
-        change.send!.push(...parentNotice(task, 'completed')!, ...cancelSubtasks(task, step.cancel, 'the parent task was completed'));
+        change.send!.push(...parentNotice(task, 'completed'), ...cancelSubtasks(task, step.cancel, 'the parent task was completed'));
       } else if (step.verdict === 'fail') {
         task = touch(task, e.at, { error: step.error ?? 'subtasks failed', completedAt: iso(e.at) });
         Object.assign(change, { clearTimers: true });
-        change.send!.push(...parentNotice(task, 'failed')!, ...cancelSubtasks(task, step.cancel, 'the parent task failed'));
+        change.send!.push(...parentNotice(task, 'failed'), ...cancelSubtasks(task, step.cancel, 'the parent task failed'));
       } else {
         change.send!.push(...cancelSubtasks(task, step.cancel, 'no longer needed'));
       }

@@ -87,6 +87,14 @@ export interface Distribution {
   subtasks: SubtaskSlot[];
 }
 
+/** The workflow execution step a task runs (`role`: the step itself or its compensation). */
+export interface TaskOrigin {
+  executionId: string;
+  stepId: string;
+  attempt: number;
+  role: 'step' | 'compensation';
+}
+
 /** What happens when an agent stops renewing the lease on a task it holds. */
 export type LeaseExpiry = 'reoffer' | 'fail';
 
@@ -103,6 +111,8 @@ export interface Task {
   createdBy: string;
   assignedTo: string | null;
   parentTaskId: string | null;
+  /** Set on tasks that run a workflow step. */
+  origin: TaskOrigin | null;
   status: TaskStatus;
   /** The A2A name of `status`. */
   a2aState: string;

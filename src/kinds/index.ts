@@ -1,8 +1,11 @@
 import type { ActorKind } from '../../actors/ActorKind.js';
 import { agentKind } from './agentKind.js';
+import { executionKind } from './executionKind.js';
 import { policyKind } from './policyKind.js';
 import { ruleKind } from './ruleKind.js';
 import { taskKind } from './taskKind.js';
+import { templateKind } from './templateKind.js';
+import { workflowKind } from './workflowKind.js';
 
 /** Every kind of actor a Troupe node hosts; the server, `GET /machines` and `troupe verify` use it. */
 export const actorKinds: readonly ActorKind[] = [
@@ -10,4 +13,7 @@ export const actorKinds: readonly ActorKind[] = [
   agentKind as unknown as ActorKind,
   ruleKind as unknown as ActorKind,
   policyKind as unknown as ActorKind,
+  workflowKind as unknown as ActorKind,
+  templateKind as unknown as ActorKind,
+  executionKind as unknown as ActorKind,
 ];

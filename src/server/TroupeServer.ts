@@ -25,8 +25,11 @@ import { agentHandlers } from '../handlers/agents.js';
 import { ruleHandlers } from '../handlers/rules.js';
 import { assignmentHandlers } from '../handlers/assignment.js';
 import { distributedHandlers } from '../handlers/distributed.js';
+import { executionHandlers } from '../handlers/executions.js';
+import { Dispatcher } from '../workflows/Dispatcher.js';
 import { sessionHandlers } from '../handlers/session.js';
 import { taskHandlers } from '../handlers/tasks.js';
+import { workflowHandlers } from '../handlers/workflows.js';
 import { actorKinds } from '../kinds/index.js';
 import { createLogger, type Logger } from '../logger.js';
 import { Metrics, methodLabel } from '../observability/Metrics.js';
@@ -165,7 +168,8 @@ export class TroupeServer {
       host: this.host,
       now,
       onFired: (lagMs) => metrics.timerLag(lagMs / 1000),
-      deliver: (t) => assigner.deliverTimer(t),
+      // Timers that need a decision go to the service that makes it; the rest to their actors.
+      deliver: (t) => (t.kind === 'execution' && t.name === 'dispatch' ? dispatcher.deliver(t) : assigner.deliverTimer(t)),
     });
     this.#outbox = new OutboxDispatcher(this.host);
     this.app = {
@@ -181,6 +185,7 @@ export class TroupeServer {
       assigner,
       leaseSeconds: opts.leaseSeconds ?? 60,
     };
+    const dispatcher = new Dispatcher(this.app);
     this.#handlers = {
       ...sessionHandlers(this.app),
       ...agentHandlers(this.app),
@@ -188,6 +193,8 @@ export class TroupeServer {
       ...assignmentHandlers(this.app),
       ...distributedHandlers(this.app),
       ...ruleHandlers(this.app, this.rules),
+      ...workflowHandlers(this.app),
+      ...executionHandlers(this.app),
     };
     this.#http = http.createServer((req, res) => void this.#http_(req, res));
     this.#wss = new WebSocketServer({ noServer: true, maxPayload: this.#maxFrame * HARD_FRAME_FACTOR });

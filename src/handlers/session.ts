@@ -2,6 +2,9 @@ import { ProtocolError } from '../../protocol/errors.js';
 import type { Principal } from '../../protocol/model.js';
 import { hasRole, type App, type Handlers } from '../server/App.js';
 
+/** Topics of one actor, `<kind>:<id>`, by kind (with the kind's name for messages). */
+const TOPIC_KINDS: Record<string, string> = { task: 'Task', agent: 'Agent', execution: 'Execution' };
+
 /** Checks that a principal may subscribe to a topic, and that the topic exists. */
 async function authorizeTopic(app: App, p: Principal, topic: string): Promise<void> {
   const [kind, id, ...rest] = topic.split(':');
@@ -15,14 +18,15 @@ async function authorizeTopic(app: App, p: Principal, topic: string): Promise<vo
       if (id !== p.principalId && !reader) throw new ProtocolError('FORBIDDEN', `Only agent ${id}, admins and observers may read its inbox.`);
       return;
     }
-    if (kind === 'task' || kind === 'agent') {
-      if (!(await app.store.getView(p.tenantId, kind, id))) {
-        throw new ProtocolError('NOT_FOUND', `${kind === 'task' ? 'Task' : 'Agent'} ${id} does not exist.`, { kind, id });
+    const named = TOPIC_KINDS[kind!];
+    if (named) {
+      if (!(await app.store.getView(p.tenantId, kind!, id))) {
+        throw new ProtocolError('NOT_FOUND', `${named} ${id} does not exist.`, { kind, id });
       }
       return;
     }
   }
-  throw new ProtocolError('INVALID_PARAMS', `Unknown topic "${topic}"; use task:<taskId>, agent:<agentId>, inbox:<agentId> or tenant.`, {
+  throw new ProtocolError('INVALID_PARAMS', `Unknown topic "${topic}"; use task:<taskId>, agent:<agentId>, execution:<executionId>, inbox:<agentId> or tenant.`, {
     field: 'topic',
   });
 }

@@ -76,6 +76,19 @@ const READ_METHODS: MethodName[] = [
   'rule.list',
   'policy.get',
   'policy.list',
+  'workflow.get',
+  'workflow.list',
+  'workflow.getVersion',
+  'workflow.listVersions',
+  'workflow.metrics',
+  'workflow.insights',
+  'template.get',
+  'template.list',
+  'execution.get',
+  'execution.list',
+  'execution.nextSteps',
+  'execution.stepStatus',
+  'execution.trace',
 ];
 const WRITE_METHODS = ALL_METHODS.filter((m) => !READ_METHODS.includes(m) && m !== 'session.authenticate');
 /** The param naming the actor a write acts on (writes without one create something new). */

@@ -30,6 +30,8 @@ export const ErrorCodes = {
   PAYLOAD_TOO_LARGE: -32020,
   RATE_LIMITED: -32021,
   QUOTA_EXCEEDED: -32022,
+  /** Too much work in flight (an actor's mailbox or a tenant's share of the server is full); retry after `data.retryAfterMs`. */
+  BUSY: -32023,
   // availability
   UNAVAILABLE: -32030,
   TIMEOUT: -32031,

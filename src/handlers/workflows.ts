@@ -20,8 +20,6 @@ type WorkflowSnapshot = SnapshotFrom<typeof workflowMachine>;
 /** The default period of `workflow.metrics` and `workflow.insights`: seven days. */
 export const DEFAULT_METRICS_PERIOD_SECONDS = 7 * 86_400;
 
-const WEEK = DEFAULT_METRICS_PERIOD_SECONDS;
-
 function notFound(id: string): ProtocolError {
   return new ProtocolError('NOT_FOUND', `Workflow ${id} does not exist.`, { kind: 'workflow', id });
 }
@@ -252,13 +250,13 @@ export function workflowHandlers(app: App): Handlers {
       return { items: w.versions.map(({ definition: _d, ...rest }) => rest) };
     },
 
-    'workflow.metrics': async (ctx, { workflowId, periodSeconds = WEEK }) => {
+    'workflow.metrics': async (ctx, { workflowId, periodSeconds = DEFAULT_METRICS_PERIOD_SECONDS }) => {
       await view(ctx.principal, workflowId);
       const { items, from, to } = await executions(ctx.principal, workflowId, periodSeconds);
       return computeMetrics(items, from, to, workflowId);
     },
 
-    'workflow.insights': async (ctx, { workflowId, periodSeconds = WEEK }) => {
+    'workflow.insights': async (ctx, { workflowId, periodSeconds = DEFAULT_METRICS_PERIOD_SECONDS }) => {
       const w = (await view(ctx.principal, workflowId)).doc as unknown as Workflow;
       const { items, from, to } = await executions(ctx.principal, workflowId, periodSeconds);
       const approvalSteps = w.steps.filter((s) => s.approval !== undefined).map((s) => s.id);

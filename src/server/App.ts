@@ -49,6 +49,18 @@ export type Handler<M extends MethodName> = (
   params: z.output<(typeof MethodSchemas)[M]>,
 ) => Promise<MethodResults[M]>;
 
+/**
+ * A check around every call. `checkParams` sees the raw params before they are validated (and
+ * also for unauthenticated calls); `beforeCall` runs after authentication and validation and may
+ * refuse the call by throwing a ProtocolError, or return a function that runs when the call ends
+ * (to release what it reserved); `afterCall` may rewrite the result (for example to hide fields).
+ */
+export interface CallGuard {
+  checkParams?(method: string, params: unknown, principal: Principal | null): void;
+  beforeCall?(ctx: AuthedContext, method: MethodName, params: Record<string, unknown>): Promise<(() => void) | void> | (() => void) | void;
+  afterCall?(ctx: AuthedContext, method: MethodName, result: unknown): unknown | Promise<unknown>;
+}
+
 /** Implementations of some methods. */
 export type Handlers = { [M in MethodName]?: Handler<M> };
 

@@ -27,6 +27,7 @@ import { assignmentHandlers } from '../handlers/assignment.js';
 import { distributedHandlers } from '../handlers/distributed.js';
 import { executionHandlers } from '../handlers/executions.js';
 import { Dispatcher } from '../workflows/Dispatcher.js';
+import { installGuards } from './guards.js';
 import { sessionHandlers } from '../handlers/session.js';
 import { taskHandlers } from '../handlers/tasks.js';
 import { workflowHandlers } from '../handlers/workflows.js';
@@ -37,7 +38,7 @@ import { RuleEngine } from '../policy/RuleEngine.js';
 import { AgentDirectory } from '../assignment/AgentDirectory.js';
 import { Assigner } from '../assignment/Assigner.js';
 import type { AssignmentStrategy } from '../../protocol/model.js';
-import type { App, AuthedContext, Handler, Handlers } from './App.js';
+import type { App, AuthedContext, CallGuard, Handler, Handlers } from './App.js';
 import { CloseCodes, Connection } from './Connection.js';
 import { Presence } from './Presence.js';
 import { SubscriptionHub } from './SubscriptionHub.js';
@@ -115,6 +116,7 @@ export class TroupeServer {
   #timers: TimerService;
   #outbox: OutboxDispatcher;
   #handlers: Handlers;
+  #guards: CallGuard[] = [];
   #conns = new Set<Connection>();
   #closing: Promise<void> | null = null;
   #log: Logger;
@@ -196,6 +198,7 @@ export class TroupeServer {
       ...workflowHandlers(this.app),
       ...executionHandlers(this.app),
     };
+    installGuards(this, this.app, opts);
     this.#http = http.createServer((req, res) => void this.#http_(req, res));
     this.#wss = new WebSocketServer({ noServer: true, maxPayload: this.#maxFrame * HARD_FRAME_FACTOR });
     this.#http.on('upgrade', (req, socket, head) => {
@@ -489,6 +492,7 @@ export class TroupeServer {
     if (!principal && method !== 'ping' && method !== 'session.authenticate') {
       throw new ProtocolError('UNAUTHENTICATED', 'Authenticate first: send an Authorization header on connect or call session.authenticate.');
     }
+    for (const g of this.#guards) g.checkParams?.(method, req.params, principal);
     const parsed = MethodSchemas[method].safeParse(req.params ?? {});
     if (!parsed.success) {
       const issues = parsed.error.issues.map((i) => ({ path: i.path.join('.'), message: i.message }));
@@ -507,7 +511,26 @@ export class TroupeServer {
     if (!handler) throw new ProtocolError('METHOD_NOT_FOUND', `The method "${method}" is not available on this server.`, { method });
     // Every method left needs the principal checked above.
     const ctx: AuthedContext = { principal: principal!, conn, correlationId };
-    return handler(ctx, params as never);
+    const releases: (() => void)[] = [];
+    try {
+      for (const g of this.#guards) {
+        const release = await g.beforeCall?.(ctx, method, params);
+        if (release) releases.push(release);
+      }
+      let result = await handler(ctx, params as never);
+      for (const g of this.#guards) if (g.afterCall) result = (await g.afterCall(ctx, method, result)) as never;
+      return result;
+    } finally {
+      for (const r of releases.reverse()) r();
+    }
+  }
+
+  /**
+   * Adds a guard to every call (rate limits, quotas, bulkheads, input checks, field
+   * permissions...). Guards run in the order they were added.
+   */
+  use(guard: CallGuard): void {
+    this.#guards.push(guard);
   }
 
   #toProtocolError(e: unknown, method: string, log: Logger): ProtocolError {

@@ -7,3 +7,7 @@ export * from './schema.js';
 export * from './client.js';
 export * from './rules.js';
 export * from './workflows.js';
+export * from './ratelimits.js';
+export * from './quotas.js';
+export * from './audit.js';
+export * from './fieldPolicy.js';

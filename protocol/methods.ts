@@ -2,6 +2,10 @@ import { z } from 'zod';
 import { Aggregations, AgentStatuses, AssignmentStrategies, CompletionModes, Coordinations, TaskPriorities, TaskStatuses } from './model.js';
 import type { Agent, ActorEvent, AgentPerformance, AssignmentStrategy, DelegationKind, Page, Principal, Task, TaskTree } from './model.js';
 import { RuleMethodDescriptions, RuleMethodSchemas, type RuleMethodResults } from './rules.js';
+import { RateLimitMethodDescriptions, RateLimitMethodSchemas, type RateLimitMethodResults } from './ratelimits.js';
+import { QuotaMethodDescriptions, QuotaMethodSchemas, type QuotaMethodResults } from './quotas.js';
+import { AuditMethodDescriptions, AuditMethodSchemas, type AuditMethodResults } from './audit.js';
+import { FieldPolicyMethodDescriptions, FieldPolicyMethodSchemas, type FieldPolicyMethodResults } from './fieldPolicy.js';
 import { WorkflowMethodDescriptions, WorkflowMethodSchemas, type WorkflowMethodResults } from './workflows.js';
 import { Id } from './ids.js';
 
@@ -197,6 +201,10 @@ export const MethodSchemas = {
 
   ...RuleMethodSchemas,
   ...WorkflowMethodSchemas,
+  ...RateLimitMethodSchemas,
+  ...QuotaMethodSchemas,
+  ...AuditMethodSchemas,
+  ...FieldPolicyMethodSchemas,
 } as const;
 
 /** Every method name. */
@@ -209,7 +217,13 @@ export type ParamsOf<M extends MethodName> = z.input<(typeof MethodSchemas)[M]>;
 export type BatchItem<T> = { ok: true; value: T } | { ok: false; error: { code: number; message: string; data?: unknown } };
 
 /** Result type of every method (for the typed client). */
-export interface MethodResults extends RuleMethodResults, WorkflowMethodResults {
+export interface MethodResults
+  extends RuleMethodResults,
+    WorkflowMethodResults,
+    RateLimitMethodResults,
+    QuotaMethodResults,
+    AuditMethodResults,
+    FieldPolicyMethodResults {
   'session.authenticate': Principal;
   'session.whoami': Principal & { connectionId: string };
   ping: { pong: true; time: string };
@@ -313,6 +327,10 @@ export const MethodDescriptions: Record<MethodName, string> = {
   'task.cancelTree': 'Cancel a task and every unfinished task below it.',
   ...RuleMethodDescriptions,
   ...WorkflowMethodDescriptions,
+  ...RateLimitMethodDescriptions,
+  ...QuotaMethodDescriptions,
+  ...AuditMethodDescriptions,
+  ...FieldPolicyMethodDescriptions,
 };
 
 /** True if `name` is a method of the catalogue. */

@@ -202,6 +202,16 @@ function stopWork(d: Draft, reason: string, except?: string): void {
   d.cancelTimers(Object.keys(d.x.timers).filter((n) => n !== 'timeout'));
 }
 
+/** Ends a saga early (cancel, timeout): running compensations are cancelled, the others will not run. */
+function stopCompensations(d: Draft, reason: string): void {
+  for (const s of d.e.steps) {
+    const c = s.compensation;
+    if (!c || c.status === 'completed' || c.status === 'failed') continue;
+    if (c.status === 'running') d.cancelTask(c.taskId, reason);
+    s.compensation = { ...c, status: 'failed', error: `not finished: ${reason}` };
+  }
+}
+
 /** A step failed for good: its `onFailure` decides what happens to the execution. */
 function stepFailed(d: Draft, s: StepRun, status: 'failed' | 'timed_out' | 'cancelled', error: string): void {
   s.status = status === 'cancelled' ? 'failed' : status;
@@ -283,8 +293,10 @@ function approvalOutcome(d: Draft, s: StepRun): 'pass' | 'fail' | null {
       const need = (a.threshold ?? 0.5) * total;
       const yesW = yes.reduce((sum, v) => sum + w(v.by), 0);
       const noW = no.reduce((sum, v) => sum + w(v.by), 0);
-      if (yesW > need) return 'pass';
-      return total - noW <= need ? 'fail' : null;
+      // More than the threshold's share of the weight passes, and so does all of it (threshold 1).
+      const passes = (weight: number) => weight > need || weight === total;
+      if (passes(yesW)) return 'pass';
+      return passes(total - noW) ? null : 'fail';
     }
   }
 }
@@ -399,6 +411,7 @@ export function reduce(ctx: ExecutionContext, event: ExecutionEvent): Reduction 
         const s = d.step(c.stepId);
         if (!s?.compensation || s.compensation.status !== 'queued') continue;
         s.compensation = { ...s.compensation, status: 'failed', error: c.error };
+        s.status = 'completed';
         d.trace('compensation.failed', s.id, s.compensation.attempt, c.error);
       }
       if (d.x.phase === 'compensating') nextCompensation(d);
@@ -437,7 +450,9 @@ export function reduce(ctx: ExecutionContext, event: ExecutionEvent): Reduction 
             d.schedule(`cretry:${s.id}`, due);
             d.trace('compensation.retrying', s.id, c.attempt, `${error}; attempt ${c.attempt + 1} at ${iso(due)}`);
           } else {
+            // The step's effects are still in place: it stays completed, with its failed undo.
             s.compensation = { ...c, status: 'failed', error };
+            s.status = 'completed';
             d.trace('compensation.failed', s.id, c.attempt, error);
           }
         }
@@ -499,10 +514,8 @@ export function reduce(ctx: ExecutionContext, event: ExecutionEvent): Reduction 
     case 'execution.cancel': {
       if (!ACTIVE_PHASES.has(phase) && phase !== 'compensating') return null;
       const reason = event.reason ?? 'cancelled';
+      stopCompensations(d, `the execution was cancelled: ${reason}`);
       stopWork(d, `the execution was cancelled: ${reason}`);
-      for (const s of e.steps) {
-        if (s.compensation?.status === 'running') d.cancelTask(s.compensation.taskId, `the execution was cancelled: ${reason}`);
-      }
       e.cancelReason = reason;
       d.trace('execution.cancelled', null, null, `${reason} (by ${event.by})`);
       d.finish('cancelled', null);
@@ -562,6 +575,7 @@ export function reduce(ctx: ExecutionContext, event: ExecutionEvent): Reduction 
       if (kind === 'timeout') {
         if (!ACTIVE_PHASES.has(phase) && phase !== 'compensating') return null;
         const message = `The execution did not finish within ${d.x.definition.config?.timeoutSeconds} s.`;
+        stopCompensations(d, message);
         stopWork(d, message);
         d.trace('execution.timed_out', null, null, message);
         d.finish('timed_out', message);

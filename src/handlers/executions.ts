@@ -66,12 +66,12 @@ export function executionHandlers(app: App): Handlers {
     executionId: string,
     action: string,
     event: { type: string } & Record<string, unknown>,
-    check: (p: Principal, x: Execution) => void,
+    check: (p: Principal, x: Execution) => void | Promise<void>,
     expectedVersion?: number,
   ): Promise<Execution> {
     const p = ctx.principal;
     requireRole(p, `${action} executions`, 'admin', 'agent');
-    check(p, await view(p, executionId));
+    await check(p, await view(p, executionId));
     const r = await host.send<typeof executionMachine>(address(p, executionId), event, {
       principal: p.principalId,
       correlationId: ctx.correlationId,
@@ -80,13 +80,15 @@ export function executionHandlers(app: App): Handlers {
     return fromTurn(applied(r));
   }
 
-  /** Creator, admin, or the agent holding the step's task. */
+  /** Creator, admin, or the agent holding the task of the step's current attempt. */
   function mayDecideStep(stepId: string, action: string) {
-    return (p: Principal, x: Execution) => {
+    return async (p: Principal, x: Execution) => {
       const s = x.steps.find((r) => r.id === stepId);
       if (!s) throw new ProtocolError('NOT_FOUND', `Execution ${x.id} has no step ${stepId}.`, { kind: 'step', id: stepId });
-      if (hasRole(p, 'admin') || x.createdBy === p.principalId || (s.agent !== null && s.agent === p.principalId)) return;
-      throw new ProtocolError('FORBIDDEN', `Only the execution's creator (${x.createdBy}), an admin or the step's agent may ${action} step ${stepId}; you are ${p.principalId}.`);
+      if (hasRole(p, 'admin') || x.createdBy === p.principalId) return;
+      const task = s.taskId ? await store.getView(p.tenantId, 'task', s.taskId) : undefined;
+      if (task && task.owner === p.principalId) return;
+      throw new ProtocolError('FORBIDDEN', `Only the execution's creator (${x.createdBy}), an admin or the agent holding step ${stepId}'s task may ${action} it; you are ${p.principalId}.`);
     };
   }
 
@@ -115,6 +117,7 @@ export function executionHandlers(app: App): Handlers {
       if (earlier) return earlier;
       const def = await definitionOf(p, workflowId, version);
       const id = uuidv7(app.now());
+      const quota = await app.quotas?.reserve(p.tenantId, { executions: [id], storage: true });
       try {
         const r = await host.send<typeof executionMachine>(
           address(p, id),
@@ -128,11 +131,14 @@ export function executionHandlers(app: App): Handlers {
         );
         return fromTurn(applied(r));
       } catch (e) {
+        quota?.release(e);
         if (e instanceof IdempotencyConflict) {
           const first = await replayed();
           if (first) return first;
         }
         throw e;
+      } finally {
+        quota?.release();
       }
     },
 
@@ -174,6 +180,7 @@ export function executionHandlers(app: App): Handlers {
 
     'execution.approve': async (ctx, { executionId, stepId, approve, comment }) => {
       const p = ctx.principal;
+      requireRole(p, 'vote on steps', 'admin', 'agent');
       const { x, s } = await step(p, executionId, stepId);
       const r = await host.read<typeof executionMachine>(address(p, executionId));
       const approval = (r.snapshot as ExecutionSnapshot).context.definition.steps.find((d) => d.id === stepId)?.approval;
@@ -195,11 +202,17 @@ export function executionHandlers(app: App): Handlers {
       const p = ctx.principal;
       const x = await view(p, executionId);
       const { snapshot } = await host.read<typeof executionMachine>(address(p, executionId));
-      const deps = dependencies((snapshot as ExecutionSnapshot).context.definition);
+      const definition = (snapshot as ExecutionSnapshot).context.definition;
+      const deps = dependencies(definition);
       const status = new Map(x.steps.map((s) => [s.id, s.status]));
+      // Done for its dependents: completed, skipped, or failed with `onFailure: continue`.
+      const done = (id: string) => {
+        const st = status.get(id)!;
+        return SATISFIED.has(st) || ((st === 'failed' || st === 'timed_out') && definition.steps.find((d) => d.id === id)?.onFailure === 'continue');
+      };
       const items = x.steps
         .filter((s) => s.status === 'pending' || s.status === 'queued' || s.status === 'retrying' || s.status === 'awaiting_approval')
-        .map((s) => ({ stepId: s.id, status: s.status, waitingFor: (deps.get(s.id) ?? []).filter((d) => !SATISFIED.has(status.get(d)!)) }));
+        .map((s) => ({ stepId: s.id, status: s.status, waitingFor: (deps.get(s.id) ?? []).filter((d) => !done(d)) }));
       return { items };
     },
 

@@ -56,6 +56,9 @@ export function validateDefinition(def: WorkflowDefinition, opts: ValidateOption
     if (s.action === undefined && s.approval === undefined) {
       refuse(`steps[${i}]`, `('${s.id}') has neither an action nor an approval; give it one of them.`, { stepId: s.id });
     }
+    if (s.action !== undefined && s.approval !== undefined) {
+      refuse(`steps[${i}]`, `('${s.id}') has both an action and an approval; a step is one or the other, so put the approval in a step of its own that depends on this one.`, { stepId: s.id });
+    }
     if (s.approval) {
       const seen = new Set<string>();
       for (const a of s.approval.approvers) {

@@ -17,4 +17,12 @@ test('sorts by creation time and never repeats', () => {
   assert.is(new Set(Array.from({ length: 10_000 }, () => uuidv7(5))).size, 10_000);
 });
 
+test('ids made in the same millisecond, or after the clock stepped back, still strictly increase', () => {
+  const at = Date.UTC(2027, 0, 1);
+  const ids = [...Array.from({ length: 5000 }, () => uuidv7(at)), uuidv7(at - 1000), uuidv7(at + 1)];
+  for (let i = 1; i < ids.length; i++) assert.ok(ids[i - 1]! < ids[i]!, `${ids[i - 1]} < ${ids[i]}`);
+  // Within the millisecond the time part stays that millisecond.
+  assert.is(parseInt(ids[4999]!.slice(0, 8) + ids[4999]!.slice(9, 13), 16), at);
+});
+
 test.run();

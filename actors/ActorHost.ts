@@ -1,6 +1,6 @@
 import { SpanStatusCode, trace, type Tracer } from '@opentelemetry/api';
 import { createActor, getNextTransitions, type Actor, type AnyStateMachine, type SnapshotFrom } from 'xstate';
-import { ProtocolError } from '../protocol/errors.js';
+import { ProtocolError, isProtocolError } from '../protocol/errors.js';
 import type { Effect } from '../machines/effects.js';
 import { uuidv7 } from './uuidv7.js';
 import { streamOf, type ActorAddress, type ActorKind } from './ActorKind.js';
@@ -60,6 +60,15 @@ export interface ActorHostOptions {
   maxActive?: number;
   /** How often to look for idle actors (default 10 000). */
   sweepMs?: number;
+  /**
+   * The most messages waiting in one actor's mailbox (default 1 000). Beyond it a message is
+   * refused at once with BUSY and `data.retryAfterMs`, so one hot actor cannot hold unbounded
+   * memory or make its callers wait without limit. Timers and outbox messages refused this way
+   * stay in the store and are delivered again by their services.
+   */
+  maxMailbox?: number;
+  /** Called when a message is refused because its actor's mailbox is full, with the actor's kind. */
+  onBusy?: (kind: string) => void;
   /** The clock; tests may replace it. */
   now?: () => number;
   /** Called when a durable timer is scheduled, so the timer service can wake earlier. */
@@ -86,6 +95,9 @@ export class IdempotencyConflict extends Error {
 export function outboxId(eventId: string, n: number): string {
   return `${eventId}:${n}`;
 }
+
+/** Retry hint of a message refused because its actor's mailbox is full. */
+const MAILBOX_RETRY_AFTER_MS = 100;
 
 /** Returned instead of a result when an event id was already stored (a duplicate delivery). */
 export const DUPLICATE = Symbol('duplicate');
@@ -134,6 +146,7 @@ export class ActorHost {
   #now: () => number;
   #idleMs: number;
   #maxActive: number;
+  #maxMailbox: number;
   #sweep: NodeJS.Timeout;
   #closed = false;
   #closing: Promise<void> | null = null;
@@ -150,6 +163,7 @@ export class ActorHost {
     this.#now = opts.now ?? Date.now;
     this.#idleMs = opts.idleMs ?? 60_000;
     this.#maxActive = opts.maxActive ?? 10_000;
+    this.#maxMailbox = opts.maxMailbox ?? 1_000;
     this.#sweep = setInterval(() => void this.passivateIdle(), opts.sweepMs ?? 10_000);
     this.#sweep.unref();
   }
@@ -189,8 +203,8 @@ export class ActorHost {
   /**
    * Delivers one event to an actor and resolves once the resulting event is durably stored.
    * Rejects with ILLEGAL_TRANSITION (naming the state and the events it accepts) if the machine
-   * does not accept it, or with whatever `check` throws. Resolves to {@link DUPLICATE} when
-   * `eventId` was already stored.
+   * does not accept it, with BUSY at once when the actor's mailbox is full, or with whatever
+   * `check` throws. Resolves to {@link DUPLICATE} when `eventId` was already stored.
    */
   send<M extends AnyStateMachine>(
     address: ActorAddress,
@@ -281,6 +295,17 @@ export class ActorHost {
     const kind = this.kind(address.kind);
     const stream = streamOf(address);
     let cell = this.#cells.get(stream);
+    if (cell && cell.queue.length >= this.#maxMailbox) {
+      this.#opts.onBusy?.(kind.kind);
+      return Promise.reject(
+        new ProtocolError('BUSY', `The ${kind.kind} ${address.id} has ${cell.queue.length} messages waiting, the most it queues; retry after ${MAILBOX_RETRY_AFTER_MS} ms.`, {
+          retryAfterMs: MAILBOX_RETRY_AFTER_MS,
+          kind: kind.kind,
+          id: address.id,
+          limit: this.#maxMailbox,
+        }),
+      );
+    }
     if (cell) {
       // Map order is use order: the first entries are the least recently used.
       this.#cells.delete(stream);
@@ -317,7 +342,9 @@ export class ActorHost {
           if (cell.stale) await this.#activate(cell);
         } catch (e) {
           // Activation failed: refuse this job; the cell stays stale and the next job tries again.
-          job.fail(new ProtocolError('UNAVAILABLE', `The ${cell.kind.kind} could not be loaded (${(e as Error).message}); retry shortly.`, { retryAfterMs: 500 }));
+          // An unavailable store already says why and when to retry.
+          if (isProtocolError(e, 'UNAVAILABLE')) job.fail(e);
+          else job.fail(new ProtocolError('UNAVAILABLE', `The ${cell.kind.kind} could not be loaded (${(e as Error).message}); retry shortly.`, { retryAfterMs: 500 }));
           continue;
         }
         cell.lastUsed = this.#now();
@@ -399,6 +426,8 @@ export class ActorHost {
     if (opts.idempotency) item.idempotency = { ...opts.idempotency, result: opts.idempotency.result(after, version) };
 
     const [outcome] = await this.#commit(item).catch((e: unknown) => {
+      // An open circuit breaker refused the commit without attempting it: nothing was written.
+      if (isProtocolError(e, 'UNAVAILABLE') && e.data.circuit === 'open') throw e;
       // The store may have failed before or after its commit: the outcome is unknown.
       throw new ProtocolError(
         'UNAVAILABLE',

@@ -135,6 +135,68 @@ export interface ViewStats {
   byType: Record<string, number>;
 }
 
+/**
+ * Refused calls of one principal, method and error code, aggregated over a short window (the
+ * audit trail's record of attempts that changed nothing). Times are milliseconds since the epoch.
+ */
+export interface RefusalRecord {
+  /** Unique in the store; appending a record whose id is stored already merges into it. */
+  id: string;
+  tenant: string;
+  /** The first attempt. */
+  at: number;
+  /** The last attempt (`>= at`). */
+  lastAt: number;
+  principal: string;
+  /** The method called. */
+  method: string;
+  /** The error's stable name, e.g. `FORBIDDEN`. */
+  code: string;
+  /** The error message of the first attempt. */
+  reason: string;
+  /** How many attempts the record stands for (an integer >= 1). */
+  count: number;
+  /** The actor the attempts named, when every one of them named the same one; else null. */
+  actorKind: string | null;
+  actorId: string | null;
+  /** The correlation id of the first attempt. */
+  correlationId: string | null;
+}
+
+/** Filters for {@link Store.queryEvents}; every given filter must hold. */
+export interface EventQuery {
+  /** Only accepted events (of actors' streams) or only refusal records. Both by default. */
+  outcome?: 'accepted' | 'refused';
+  /** The actor kind of an event, or the kind a refused call named. */
+  kind?: string;
+  /** The actor id of an event, or the actor a refused call named. */
+  actorId?: string;
+  principal?: string;
+  /** The event type of an accepted event, or the method of a refused call. */
+  type?: string;
+  /** Inclusive lower bound of `meta.at` (events) or `at` (refusals). */
+  from?: number;
+  /** Exclusive upper bound. */
+  to?: number;
+  /** Page size, 1..1000 (default 50). */
+  limit?: number;
+  /** Opaque cursor from a previous page's `nextCursor`. */
+  cursor?: string;
+}
+
+/** One entry of the audit trail: an accepted (stored) event or a refusal record. */
+export type AuditItem = { outcome: 'accepted'; event: StoredEvent } | { outcome: 'refused'; refusal: RefusalRecord };
+
+/**
+ * A page of the audit trail, newest first: by time (`meta.at` or `at`) descending; at the same
+ * millisecond accepted events before refusals, events by tenant position descending and
+ * refusals by id descending.
+ */
+export interface EventPage {
+  items: AuditItem[];
+  nextCursor: string | null;
+}
+
 /** An idempotency record: the hash of the first request and the result it produced. */
 export interface IdempotencyRecord {
   tenant: string;
@@ -243,6 +305,19 @@ export interface Store {
   ackOutbox(ids: string[]): Promise<void>;
 
   getIdempotency(tenant: string, key: string): Promise<IdempotencyRecord | undefined>;
+
+  /**
+   * The audit trail of a tenant: its stored events and refusal records matching `query`, newest
+   * first (see {@link EventPage}). Rejects with an Error whose message starts with
+   * `invalid cursor` for a cursor it did not issue.
+   */
+  queryEvents(tenant: string, query: EventQuery): Promise<EventPage>;
+  /**
+   * Stores refusal records, all or none; resolves once durable. A record whose id is stored
+   * already is merged into it: counts add up, `lastAt` becomes the later one, the actor stays
+   * only if both name the same one, and the other fields keep their first values.
+   */
+  appendRefusals(records: RefusalRecord[]): Promise<void>;
 
   putTenant(tenant: TenantRecord): Promise<void>;
   getTenant(id: string): Promise<TenantRecord | undefined>;

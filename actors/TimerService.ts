@@ -176,7 +176,8 @@ export class OutboxDispatcher {
     if (this.#retry || this.#closed) return;
     this.#retry = setTimeout(() => {
       this.#retry = null;
-      void this.#drainStore();
+      // A store that is still failing must not crash the process: try again later.
+      this.#drainStore().catch(() => this.#later());
     }, 1000);
     this.#retry.unref();
   }

@@ -10,6 +10,7 @@ import { timed, type Work } from './loadgen.js';
 import { closeAll, fmt, measure, ms, openConns, pad, padEnd, type Row } from './measure.js';
 import { summarizeProfile, printProfile } from './profile.js';
 import { benchRules } from './rules.js';
+import { CALLS_PER_EXECUTION, FIRST_OFFER, WF_AGENTS, workflowRows } from './workflows.js';
 
 /**
  * `npm run bench`: Troupe's task path against a raw `ws` JSON round trip on the same machine.
@@ -28,23 +29,33 @@ import { benchRules } from './rules.js';
  *   10 are assigned), and `task.autoAssign` with a `task.assignment` CEL rule over 1,000 candidates.
  *   One driver, one operation in flight; shorter windows (BENCH_ASSIGN_WARMUP_MS,
  *   BENCH_ASSIGN_MEASURE_MS); BENCH_ASSIGN_ROWS=<part of a row name> runs only matching rows.
+ * - Workflows (bench/workflows.ts): a fresh node per level with 4 instant agents (they accept,
+ *   start and complete every task offered at once) and a 3-step sequential workflow, 1, 10 and 50
+ *   executions in flight: `workflow.execute` until the first step's inbox notification, and until
+ *   the execution's completed notification; executions/s. Windows BENCH_WF_WARMUP_MS,
+ *   BENCH_WF_MEASURE_MS.
  * - Every row: warm-up, then a fixed window; closed loop; exact percentiles from all samples.
  *
  * Flags: `--quick` (short windows), `--only assignment` (rules, baseline and the assignment
- * scenarios, without the task-path rows), `--profile` (only the lifecycle at 100 agents, or with
+ * scenarios, without the task-path rows), `--only workflows` (baseline and the workflow rows),
+ * `--profile` (only the lifecycle at 100 agents, or with
  * `--only assignment` the assignment scenarios, with the server under `--cpu-prof`; prints where
  * each thread's time goes). Env: BENCH_WARMUP_MS, BENCH_MEASURE_MS; BENCH_WRITER=inline|worker (default worker, as `openStore` uses) and
  * BENCH_SYNC=FULL|NORMAL (default FULL) and BENCH_MAX_ACTIVE (actors kept in memory) reach the server
  * process; BENCH_NODE_ARGS adds node flags to it.
  * Traffic goes to 127.0.0.1 only. Results: bench/results/latest.json (with `--only assignment`:
- * latest-assignment.json; with `--profile`: profile-summary.json).
+ * latest-assignment.json; with `--only workflows`: latest-workflows.json; with `--profile`:
+ * profile-summary.json).
  */
 
 const { values: flags } = parseArgs({
   options: { quick: { type: 'boolean' }, profile: { type: 'boolean' }, only: { type: 'string' } },
   strict: true,
 });
-if (flags.only !== undefined && flags.only !== 'assignment') throw new Error(`--only ${flags.only}: the only section that can run alone is "assignment"`);
+if (flags.only !== undefined && flags.only !== 'assignment' && flags.only !== 'workflows') {
+  throw new Error(`--only ${flags.only}: the sections that can run alone are "assignment" and "workflows"`);
+}
+if (flags.profile && flags.only === 'workflows') throw new Error('--profile profiles the lifecycle, or with --only assignment the assignment scenarios; not the workflows');
 const here = path.dirname(fileURLToPath(import.meta.url));
 const resultsDir = path.join(here, 'results');
 const WARMUP_MS = Number(process.env.BENCH_WARMUP_MS ?? (flags.quick ? 500 : 1500));
@@ -54,6 +65,11 @@ const windows = { warmupMs: WARMUP_MS, measureMs: MEASURE_MS };
 const assignWindows = {
   warmupMs: Number(process.env.BENCH_ASSIGN_WARMUP_MS ?? (flags.quick ? 200 : 500)),
   measureMs: Number(process.env.BENCH_ASSIGN_MEASURE_MS ?? (flags.quick ? 800 : 2500)),
+};
+/** The workflow rows: closed loops of whole executions. */
+const wfWindows = {
+  warmupMs: Number(process.env.BENCH_WF_WARMUP_MS ?? (flags.quick ? 500 : 1000)),
+  measureMs: Number(process.env.BENCH_WF_MEASURE_MS ?? (flags.quick ? 1500 : 3500)),
 };
 const nodeArgsFromEnv = () => (process.env.BENCH_NODE_ARGS ?? '').split(' ').filter(Boolean);
 const AGENTS = 100;
@@ -309,6 +325,71 @@ function printAssignment(raw: Row[], rows: Row[], setup: AssignmentSetup): void 
   process.stdout.write(out.join('\n') + '\n');
 }
 
+/** The raw ws row a workflow row is set next to: the same number of calls in flight, on as few connections as the baseline has. */
+function rawFor(raw: Row[], inFlight: number): Row {
+  const exact = raw.find((r) => r.clients * r.inFlightPerClient === inFlight && r.inFlightPerClient === 1);
+  return exact ?? raw.find((r) => r.clients === 1 && r.inFlightPerClient === 64)!;
+}
+
+/** The workflow rows: executions/s and latencies, next to the raw ws round trip. */
+function printWorkflows(raw: Row[], rows: Row[]): void {
+  const out: string[] = [];
+  out.push('');
+  out.push(`Workflows: a 3-step sequential workflow, ${WF_AGENTS} instant agents (accept → start → complete at once); one driver connection with N executions in flight`);
+  out.push(
+    `  ${padEnd('in flight', 9)} ${pad('exec/s', 7)} ${pad('calls/s', 8)} │ ${pad('done p50', 8)} ${pad('p90', 6)} ${pad('p99', 6)} │ ${pad('1st offer p50', 13)} ${pad('p99', 6)} │ ${pad('execute p50', 11)} ${pad('p99', 6)} │ ${padEnd('raw', 5)} ${pad('rt/s', 7)} ${pad('p99', 6)} ${pad('calls÷raw', 9)} │ ${pad('srv CPU', 7)} ${pad('µs/exec', 7)} ${pad('RSS MiB', 7)} ${pad('other', 6)}`,
+  );
+  for (const r of rows) {
+    const b = rawFor(raw, r.inFlightPerClient);
+    const offer = r.byMethodMs?.[FIRST_OFFER];
+    const exec = r.byMethodMs?.['workflow.execute'];
+    const eps = r.unitsPerSec ?? NaN;
+    out.push(
+      `  ${padEnd(String(r.inFlightPerClient), 9)} ${pad(fmt(eps), 7)} ${pad(fmt(eps * CALLS_PER_EXECUTION), 8)} │ ${pad(ms(r.latencyMs.p50), 8)} ${pad(ms(r.latencyMs.p90), 6)} ${pad(ms(r.latencyMs.p99), 6)} │ ${pad(ms(offer?.p50 ?? NaN), 13)} ${pad(ms(offer?.p99 ?? NaN), 6)} │ ${pad(ms(exec?.p50 ?? NaN), 11)} ${pad(ms(exec?.p99 ?? NaN), 6)} │ ${padEnd(`${b.clients}×${b.inFlightPerClient}`, 5)} ${pad(fmt(b.callsPerSec), 7)} ${pad(ms(b.latencyMs.p99), 6)} ${pad(fmt(((eps * CALLS_PER_EXECUTION) / b.callsPerSec) * 100, 1) + '%', 9)} │ ${pad(fmt(r.serverCpuPct ?? NaN) + '%', 7)} ${pad(fmt(r.serverCpuUsPerUnit ?? NaN), 7)} ${pad(fmt((r.serverRssBytes ?? NaN) / 2 ** 20), 7)} ${pad(fmt(r.otherCpuPct ?? NaN) + '%', 6)}` +
+        (r.errors ? `  ERRORS ${r.errors}: ${r.firstError}` : ''),
+    );
+  }
+  out.push(`  (latencies in ms from just before the workflow.execute call; done = until the execution's completed notification on the driver's`);
+  out.push(`   execution:<id> subscription; 1st offer = until the inbox notification of the first step's task on the chosen agent's connection;`);
+  out.push(`   calls/s = exec/s × ${CALLS_PER_EXECUTION} client calls per execution (execute, subscribe, unsubscribe; accept, start, complete per step);`);
+  out.push(`   raw = the raw ws round trip with as many calls in flight (1×64 for 50); µs/exec = server CPU per execution; a fresh node per row)`);
+  const noisy = rows.filter((r) => (r.otherCpuPct ?? 0) > 15);
+  if (noisy.length > 0) out.push(`  WARNING: ${noisy.length} row(s) ran while other processes used more than 15% CPU; rerun on a quiet machine.`);
+  process.stdout.write(out.join('\n') + '\n');
+}
+
+function workflowChecks(rows: Row[]): Check[] {
+  const result: Check[] = [];
+  const one = rows.find((r) => r.inFlightPerClient === 1);
+  const offer1 = one?.byMethodMs?.[FIRST_OFFER];
+  if (one && offer1) {
+    result.push({
+      target: 'workflow.execute → first step offered to an agent (inbox notification) p99 < 100 ms, 1 execution in flight',
+      pass: offer1.p99 < 100 && one.errors === 0,
+      detail: `p50 ${ms(offer1.p50)} ms, p99 ${ms(offer1.p99)} ms`,
+    });
+  }
+  const busiest = rows[rows.length - 1];
+  const offerN = busiest?.byMethodMs?.[FIRST_OFFER];
+  if (busiest && offerN && busiest !== one) {
+    result.push({
+      target: `first step offered p99 < 100 ms with ${busiest.inFlightPerClient} executions in flight (informational)`,
+      pass: offerN.p99 < 100 && busiest.errors === 0,
+      detail: `p50 ${ms(offerN.p50)} ms, p99 ${ms(offerN.p99)} ms; ${fmt(busiest.unitsPerSec ?? NaN)} executions/s`,
+    });
+  }
+  const failed = rows.filter((r) => r.errors > 0);
+  result.push({
+    target: 'every workflow execution completed',
+    pass: failed.length === 0 && rows.length > 0,
+    detail:
+      failed.length === 0
+        ? `${rows.reduce((n, r) => n + (r.units ?? 0), 0)} executions in the windows`
+        : failed.map((r) => `${r.inFlightPerClient} in flight: ${r.errors} (${r.firstError})`).join('; '),
+  });
+  return result;
+}
+
 interface Check {
   target: string;
   pass: boolean;
@@ -394,6 +475,7 @@ async function main(): Promise<void> {
   );
 
   const assignmentOnly = flags.only === 'assignment';
+  const workflowsOnly = flags.only === 'workflows';
   if (flags.profile) {
     let profiles: string[];
     let profiledRows: Row[];
@@ -425,37 +507,58 @@ async function main(): Promise<void> {
     return;
   }
 
-  process.stdout.write('\nRule evaluation (in process)\n');
-  const rules = await benchRules();
-  for (const r of rules) process.stdout.write(`  ${padEnd(r.name, 52)} ${pad(r.perEvalMicros.toFixed(3), 8)} µs\n`);
+  let rules: RuleRow[] = [];
+  if (!workflowsOnly) {
+    process.stdout.write('\nRule evaluation (in process)\n');
+    rules = await benchRules();
+    for (const r of rules) process.stdout.write(`  ${padEnd(r.name, 52)} ${pad(r.perEvalMicros.toFixed(3), 8)} µs\n`);
+  }
   process.stdout.write('\nRaw ws baseline\n');
   const raw = await baseline();
   let t: Awaited<ReturnType<typeof troupe>> | undefined;
-  if (!assignmentOnly) {
+  if (!assignmentOnly && !workflowsOnly) {
     process.stdout.write('\nTroupe\n');
     t = await troupe(false);
     process.stdout.write(`store: ${t.store}, a fresh node and database per row; create request ${t.sizes.createRequestBytes} B, reply ${t.sizes.createReplyBytes} B\n`);
   }
-  process.stdout.write(`\nTroupe: assignment among ${ASSIGN_AGENTS} agents (warm-up ${assignWindows.warmupMs} ms + window ${assignWindows.measureMs} ms per row)\n`);
-  const a = await assignmentRows({ windows: assignWindows, nodeArgs: nodeArgsFromEnv(), only: process.env.BENCH_ASSIGN_ROWS });
+  let a: Awaited<ReturnType<typeof assignmentRows>> | undefined;
+  if (!workflowsOnly) {
+    process.stdout.write(`\nTroupe: assignment among ${ASSIGN_AGENTS} agents (warm-up ${assignWindows.warmupMs} ms + window ${assignWindows.measureMs} ms per row)\n`);
+    a = await assignmentRows({ windows: assignWindows, nodeArgs: nodeArgsFromEnv(), only: process.env.BENCH_ASSIGN_ROWS });
+  }
+  let w: Awaited<ReturnType<typeof workflowRows>> | undefined;
+  if (!assignmentOnly) {
+    process.stdout.write(`\nTroupe: workflows, ${WF_AGENTS} instant agents (warm-up ${wfWindows.warmupMs} ms + window ${wfWindows.measureMs} ms per row, a fresh node per row)\n`);
+    w = await workflowRows({ windows: wfWindows, nodeArgs: nodeArgsFromEnv() });
+  }
   printTable(raw, t?.rows ?? []);
-  printRules(rules);
-  printAssignment(raw, a.rows, a.setup);
-  const cs = [...checks(raw, t?.rows ?? []), ...assignmentChecks(rules, a.rows)];
+  if (rules.length > 0) printRules(rules);
+  if (a) printAssignment(raw, a.rows, a.setup);
+  if (w) printWorkflows(raw, w.rows);
+  const cs = [...checks(raw, t?.rows ?? []), ...(a ? assignmentChecks(rules, a.rows) : []), ...(w ? workflowChecks(w.rows) : [])];
   process.stdout.write('\nTargets\n');
   for (const c of cs) process.stdout.write(`  [${c.pass ? 'PASS' : 'MISS'}] ${c.target}: ${c.detail}\n`);
-  const file = path.join(resultsDir, assignmentOnly ? 'latest-assignment.json' : 'latest.json');
+  const file = path.join(resultsDir, assignmentOnly ? 'latest-assignment.json' : workflowsOnly ? 'latest-workflows.json' : 'latest.json');
   fs.writeFileSync(
     file,
     JSON.stringify(
       {
         at: new Date().toISOString(),
-        env: { ...e, store: a.setup.store, ...t?.sizes, assignWarmupMs: assignWindows.warmupMs, assignMeasureMs: assignWindows.measureMs },
+        env: {
+          ...e,
+          store: a?.setup.store ?? w?.store,
+          ...t?.sizes,
+          assignWarmupMs: assignWindows.warmupMs,
+          assignMeasureMs: assignWindows.measureMs,
+          workflowWarmupMs: wfWindows.warmupMs,
+          workflowMeasureMs: wfWindows.measureMs,
+        },
         baseline: raw,
         troupe: t?.rows ?? [],
         rules,
-        assignmentSetup: a.setup,
-        assignment: a.rows,
+        assignmentSetup: a?.setup ?? null,
+        assignment: a?.rows ?? [],
+        workflows: w?.rows ?? [],
         checks: cs,
       },
       null,

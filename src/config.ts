@@ -1,6 +1,7 @@
 import { parseArgs } from 'node:util';
 import path from 'node:path';
 import { AssignmentStrategies, type AssignmentStrategy } from '../protocol/model.js';
+import { QuotaResources, type QuotaResource } from '../protocol/quotas.js';
 
 /** Server configuration. Every field has a documented default and an environment variable. */
 export interface Config {
@@ -45,6 +46,41 @@ export interface Config {
   leaseSeconds: number;
   /** Auto-assignment strategy unless the request, task or a policy names one (`TROUPE_DEFAULT_STRATEGY`). Default least_loaded. */
   defaultStrategy: AssignmentStrategy;
+  /**
+   * Redis shared by the nodes of a cluster (`TROUPE_REDIS_URL`, `redis://` or `rediss://`): rate limits
+   * are counted there. Unset (default): everything stays in this process.
+   */
+  redisUrl?: string;
+  /** Deepest nesting of objects and arrays in a call's params, params itself counting 1 (`TROUPE_MAX_JSON_DEPTH`). Default 32. */
+  maxJsonDepth: number;
+  /** Longest string anywhere in a call's params, in UTF-16 code units (`TROUPE_MAX_STRING_LENGTH`). Default 1 000 000. */
+  maxStringLength: number;
+  /**
+   * An authenticated connection that sends no frame and answers no ping for this long is closed
+   * with 4009 (`TROUPE_IDLE_CONNECTION_MS`). Default 600 000; 0 disables.
+   */
+  idleConnectionMs: number;
+  /** The most messages waiting in one actor's mailbox; beyond it calls get BUSY (`TROUPE_MAX_MAILBOX`). Default 1 000. */
+  maxMailbox: number;
+  /** Calls of one tenant handled at once (`TROUPE_TENANT_CONCURRENCY`). Default 256. */
+  tenantConcurrency: number;
+  /** Calls of one tenant waiting for a slot; beyond it calls get BUSY (`TROUPE_TENANT_QUEUE`). Default 1 024. */
+  tenantQueue: number;
+  /** Longest wait for a store read before UNAVAILABLE (`TROUPE_STORE_TIMEOUT_MS`). Default 5 000. */
+  storeTimeoutMs: number;
+  /** Longest wait for a store commit or other write; its outcome is then unknown (`TROUPE_STORE_COMMIT_TIMEOUT_MS`). Default 10 000. */
+  storeCommitTimeoutMs: number;
+  /** Consecutive store failures that open its circuit breaker (`TROUPE_STORE_BREAKER_FAILURES`). Default 5. */
+  storeBreakerFailures: number;
+  /** How long the store's open breaker refuses calls before one trial call (`TROUPE_STORE_BREAKER_HALF_OPEN_MS`). Default 2 000. */
+  storeBreakerHalfOpenMs: number;
+  /**
+   * Quota limits of every tenant that sets none, by resource: `TROUPE_QUOTA_TASKS`,
+   * `TROUPE_QUOTA_ACTIVE_TASKS`, `TROUPE_QUOTA_WORKFLOW_EXECUTIONS_PER_DAY`,
+   * `TROUPE_QUOTA_STORED_BYTES`, `TROUPE_QUOTA_WORKSPACES`, `TROUPE_QUOTA_MEMBERS_PER_WORKSPACE`.
+   * Default: unset, which is null (unlimited).
+   */
+  quotaLimits: Record<QuotaResource, number | null>;
 }
 
 function int(v: string | undefined, fallback: number, name: string, max = Number.MAX_SAFE_INTEGER, min = 0): number {
@@ -53,6 +89,22 @@ function int(v: string | undefined, fallback: number, name: string, max = Number
   if (!Number.isInteger(n) || n < min) throw new Error(`${name} must be an integer of at least ${min}, got "${v}"`);
   if (n > max) throw new Error(`${name} must be at most ${max}, got "${v}"`);
   return n;
+}
+
+/** `TROUPE_QUOTA_<RESOURCE>` for every quota resource: a count of at least 0, or unset (null: unlimited). */
+function quotaLimits(env: NodeJS.ProcessEnv): Record<QuotaResource, number | null> {
+  const limit = (r: QuotaResource): number | null => {
+    const name = `TROUPE_QUOTA_${r.toUpperCase()}`;
+    const v = env[name];
+    return v === undefined || v === '' ? null : int(v, 0, name);
+  };
+  return Object.fromEntries(QuotaResources.map((r) => [r, limit(r)])) as Record<QuotaResource, number | null>;
+}
+
+function redisUrl(v: string | undefined): string | undefined {
+  if (v === undefined || v === '') return undefined;
+  if (!/^rediss?:\/\/[^\s]+$/.test(v)) throw new Error(`TROUPE_REDIS_URL must be a redis:// or rediss:// URL, got "${v}"`);
+  return v;
 }
 
 /** Reads the configuration from flags (first) and environment variables. */
@@ -97,5 +149,17 @@ export function loadConfig(argv: string[] = process.argv.slice(2), env: NodeJS.P
     processMetrics: env.TROUPE_PROCESS_METRICS === 'true',
     leaseSeconds: int(env.TROUPE_LEASE_SECONDS, 60, 'TROUPE_LEASE_SECONDS', 86_400, 1),
     defaultStrategy: strategy as AssignmentStrategy,
+    redisUrl: redisUrl(env.TROUPE_REDIS_URL),
+    maxJsonDepth: int(env.TROUPE_MAX_JSON_DEPTH, 32, 'TROUPE_MAX_JSON_DEPTH', 1000, 1),
+    maxStringLength: int(env.TROUPE_MAX_STRING_LENGTH, 1_000_000, 'TROUPE_MAX_STRING_LENGTH', Number.MAX_SAFE_INTEGER, 1),
+    idleConnectionMs: int(env.TROUPE_IDLE_CONNECTION_MS, 600_000, 'TROUPE_IDLE_CONNECTION_MS', 2_147_483_647),
+    maxMailbox: int(env.TROUPE_MAX_MAILBOX, 1_000, 'TROUPE_MAX_MAILBOX', Number.MAX_SAFE_INTEGER, 1),
+    tenantConcurrency: int(env.TROUPE_TENANT_CONCURRENCY, 256, 'TROUPE_TENANT_CONCURRENCY', Number.MAX_SAFE_INTEGER, 1),
+    tenantQueue: int(env.TROUPE_TENANT_QUEUE, 1_024, 'TROUPE_TENANT_QUEUE'),
+    storeTimeoutMs: int(env.TROUPE_STORE_TIMEOUT_MS, 5_000, 'TROUPE_STORE_TIMEOUT_MS', 2_147_483_647, 1),
+    storeCommitTimeoutMs: int(env.TROUPE_STORE_COMMIT_TIMEOUT_MS, 10_000, 'TROUPE_STORE_COMMIT_TIMEOUT_MS', 2_147_483_647, 1),
+    storeBreakerFailures: int(env.TROUPE_STORE_BREAKER_FAILURES, 5, 'TROUPE_STORE_BREAKER_FAILURES', 1_000_000, 1),
+    storeBreakerHalfOpenMs: int(env.TROUPE_STORE_BREAKER_HALF_OPEN_MS, 2_000, 'TROUPE_STORE_BREAKER_HALF_OPEN_MS', 2_147_483_647, 1),
+    quotaLimits: quotaLimits(env),
   };
 }

@@ -106,62 +106,71 @@ export function distributedHandlers(app: App): Handlers {
         priority: params.priority,
         parameters: params.parameters,
       });
-      // Every part is validated and staged at once (their commits group); if any part is
-      // refused, every part that was staged is removed again.
-      const parts = [
-        stage(ctx, parentId, {
-          ...parentFields,
-          taskType: parentFields.type,
-          // The parent is coordinated by its subtasks, never assigned, leased or retried itself.
-          autoAssign: false,
-          leaseSeconds: undefined,
-          offerTimeoutSeconds: undefined,
-          maxRetries: 0,
-          timeoutSeconds: undefined,
-          deadline: params.timeoutSeconds ? new Date(now + params.timeoutSeconds * 1000).toISOString() : undefined,
-          distribution,
-        }),
-        ...params.subtasks.map(async (st, i) => {
-          if (st.assignTo) await registeredAgent(app, p, st.assignTo);
-          const f = await prepareTask(app, p, { ...st, type: st.type ?? params.type, parentTaskId: parentId, autoAssign: st.autoAssign ?? !st.assignTo });
-          await stage(ctx, ids[i]!, { ...f, taskType: f.type });
-        }),
-      ];
-      const outcomes = await Promise.allSettled(parts);
-      const failed = outcomes.findIndex((o) => o.status === 'rejected');
-      const staged = [parentId, ...ids].filter((_, i) => outcomes[i]!.status === 'fulfilled');
-      if (failed >= 0) {
-        await compensate(ctx, staged);
-        const e = (outcomes[failed] as PromiseRejectedResult).reason as unknown;
-        if (failed === 0) throw e;
-        const index = failed - 1;
-        const err = e instanceof ProtocolError ? e : new ProtocolError('INTERNAL', 'The subtask could not be created.');
-        throw new ProtocolError(err.reason, `Subtask ${index + 1} ("${params.subtasks[index]!.title}") could not be created, so nothing was: ${err.message}`, {
-          ...err.data,
-          subtaskIndex: index,
-        });
-      }
-
+      // Held for the whole tree: staged parts count as tasks, the parts started now as unfinished.
+      const quota = await app.quotas?.reserve(p.tenantId, { tasks: [parentId, ...ids], activeTasks: [parentId, ...initialActivations(distribution)], storage: true });
       try {
-        applied(
-          await host.send<typeof taskMachine>(address(p, parentId), { type: 'task.activate' }, {
-            principal: p.principalId,
-            correlationId: ctx.correlationId,
-            idempotency: key ? { tenant: p.tenantId, key, requestHash, createdAt: now, result: () => ({ taskId: parentId }) } : undefined,
+        // Every part is validated and staged at once (their commits group); if any part is
+        // refused, every part that was staged is removed again.
+        const parts = [
+          stage(ctx, parentId, {
+            ...parentFields,
+            taskType: parentFields.type,
+            // The parent is coordinated by its subtasks, never assigned, leased or retried itself.
+            autoAssign: false,
+            leaseSeconds: undefined,
+            offerTimeoutSeconds: undefined,
+            maxRetries: 0,
+            timeoutSeconds: undefined,
+            deadline: params.timeoutSeconds ? new Date(now + params.timeoutSeconds * 1000).toISOString() : undefined,
+            distribution,
           }),
-        );
-      } catch (e) {
-        await compensate(ctx, staged);
-        if (e instanceof IdempotencyConflict) {
-          const first = await replayed();
-          if (first) return first;
+          ...params.subtasks.map(async (st, i) => {
+            if (st.assignTo) await registeredAgent(app, p, st.assignTo);
+            const f = await prepareTask(app, p, { ...st, type: st.type ?? params.type, parentTaskId: parentId, autoAssign: st.autoAssign ?? !st.assignTo });
+            await stage(ctx, ids[i]!, { ...f, taskType: f.type });
+          }),
+        ];
+        const outcomes = await Promise.allSettled(parts);
+        const failed = outcomes.findIndex((o) => o.status === 'rejected');
+        const staged = [parentId, ...ids].filter((_, i) => outcomes[i]!.status === 'fulfilled');
+        if (failed >= 0) {
+          await compensate(ctx, staged);
+          const e = (outcomes[failed] as PromiseRejectedResult).reason as unknown;
+          if (failed === 0) throw e;
+          const index = failed - 1;
+          const err = e instanceof ProtocolError ? e : new ProtocolError('INTERNAL', 'The subtask could not be created.');
+          throw new ProtocolError(err.reason, `Subtask ${index + 1} ("${params.subtasks[index]!.title}") could not be created, so nothing was: ${err.message}`, {
+            ...err.data,
+            subtaskIndex: index,
+          });
         }
+
+        try {
+          applied(
+            await host.send<typeof taskMachine>(address(p, parentId), { type: 'task.activate' }, {
+              principal: p.principalId,
+              correlationId: ctx.correlationId,
+              idempotency: key ? { tenant: p.tenantId, key, requestHash, createdAt: now, result: () => ({ taskId: parentId }) } : undefined,
+            }),
+          );
+        } catch (e) {
+          await compensate(ctx, staged);
+          if (e instanceof IdempotencyConflict) {
+            const first = await replayed();
+            if (first) return first;
+          }
+          throw e;
+        }
+        // The activation's messages to the first subtasks were handed to their mailboxes as it
+        // committed; a read queued behind them returns once they are active, so the reply shows them.
+        await Promise.all(initialActivations(distribution).map((id) => host.read(address(p, id)).catch(() => undefined)));
+        return result(p, parentId);
+      } catch (e) {
+        quota?.release(e);
         throw e;
+      } finally {
+        quota?.release();
       }
-      // The activation's messages to the first subtasks were handed to their mailboxes as it
-      // committed; a read queued behind them returns once they are active, so the reply shows them.
-      await Promise.all(initialActivations(distribution).map((id) => host.read(address(p, id)).catch(() => undefined)));
-      return result(p, parentId);
     },
 
     'task.submitSubtaskResult': async (ctx, { parentTaskId, subtaskId, result: value }) => {

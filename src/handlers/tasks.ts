@@ -117,6 +117,8 @@ export function taskHandlers(app: App): Handlers {
     }
     const prepared = await prepareTask(app, p, fields);
     const id = uuidv7(app.now());
+    // Checked last, so a create refused for any other reason never holds quota.
+    const quota = await app.quotas?.reserve(p.tenantId, { tasks: [id], activeTasks: [id], storage: true });
     try {
       const r = await host.send<typeof taskMachine>(
         address(p, id),
@@ -130,11 +132,14 @@ export function taskHandlers(app: App): Handlers {
       );
       return fromTurn(applied(r));
     } catch (e) {
+      quota?.release(e);
       if (e instanceof IdempotencyConflict) {
         const t = await replayed();
         if (t) return t;
       }
       throw e;
+    } finally {
+      quota?.release();
     }
   }
 

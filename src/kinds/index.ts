@@ -1,7 +1,10 @@
 import type { ActorKind } from '../../actors/ActorKind.js';
 import { agentKind } from './agentKind.js';
 import { executionKind } from './executionKind.js';
+import { fieldPolicyKind } from './fieldPolicyKind.js';
 import { policyKind } from './policyKind.js';
+import { quotaKind } from './quotaKind.js';
+import { rateLimitKind } from './rateLimitKind.js';
 import { ruleKind } from './ruleKind.js';
 import { taskKind } from './taskKind.js';
 import { templateKind } from './templateKind.js';
@@ -16,4 +19,7 @@ export const actorKinds: readonly ActorKind[] = [
   workflowKind as unknown as ActorKind,
   templateKind as unknown as ActorKind,
   executionKind as unknown as ActorKind,
+  fieldPolicyKind as unknown as ActorKind,
+  rateLimitKind as unknown as ActorKind,
+  quotaKind as unknown as ActorKind,
 ];

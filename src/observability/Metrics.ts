@@ -9,7 +9,12 @@ export interface MetricsSources {
   activeActors: () => Iterable<[kind: string, count: number]>;
   /** Jobs queued in actor mailboxes (not counting the ones running). */
   mailboxDepth: () => number;
+  /** Circuit breaker state per outbound dependency: 0 closed, 1 open, 2 half-open. */
+  breakers?: () => Iterable<[dependency: string, state: number]>;
 }
+
+/** Which bound refused a call with BUSY. */
+export type BusyLimit = 'mailbox' | 'tenant';
 
 /** Options of {@link Metrics}. */
 export interface MetricsOptions {
@@ -49,6 +54,7 @@ export class Metrics {
   #storeCommit: Histogram;
   #timerLag: Histogram;
   #overflows: Counter;
+  #busy: Counter<'limit'>;
   #byMethod = new Map<string, MethodMetrics>();
 
   constructor(sources: MetricsSources, opts: MetricsOptions = {}) {
@@ -124,6 +130,23 @@ export class Metrics {
       help: 'Subscriptions dropped because their connection could not keep up.',
       registers,
     });
+    new Gauge({
+      name: 'troupe_breaker_state',
+      help: 'Circuit breaker state per outbound dependency: 0 closed, 1 open, 2 half-open.',
+      labelNames: ['dependency'],
+      registers,
+      collect() {
+        for (const [dependency, state] of sources.breakers?.() ?? []) this.set({ dependency }, state);
+      },
+    });
+    this.#busy = new Counter({
+      name: 'troupe_busy_total',
+      help: 'Calls refused with BUSY, by the bound that was full: an actor mailbox or a tenant bulkhead.',
+      labelNames: ['limit'],
+      registers,
+    });
+    // Both series exist from the start, so a rate() over them is defined before the first refusal.
+    for (const limit of ['mailbox', 'tenant'] as const) this.#busy.inc({ limit }, 0);
   }
 
   /** Counts one handled message and the time it took. `method` may be any client-sent string. */
@@ -162,6 +185,11 @@ export class Metrics {
   /** Counts a subscription dropped for overflow. */
   overflow(): void {
     this.#overflows.inc();
+  }
+
+  /** Counts a call refused with BUSY because `limit` was full. */
+  busy(limit: BusyLimit): void {
+    this.#busy.inc({ limit });
   }
 
   #method(method: string): MethodMetrics {

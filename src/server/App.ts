@@ -6,9 +6,12 @@ import { ProtocolError } from '../../protocol/errors.js';
 import type { MethodName, MethodResults, MethodSchemas } from '../../protocol/methods.js';
 import type { Page, Principal, Role } from '../../protocol/model.js';
 import type { Authenticator } from '../auth/Authenticator.js';
+import type { AuditRecorder } from '../guard/AuditRecorder.js';
 import type { AgentDirectory } from '../assignment/AgentDirectory.js';
 import type { Assigner } from '../assignment/Assigner.js';
 import type { RuleEngine } from '../policy/RuleEngine.js';
+import type { RateLimits } from '../guard/RateLimits.js';
+import type { Quotas } from '../guard/Quotas.js';
 import type { Logger } from '../logger.js';
 import type { Connection } from './Connection.js';
 import type { Presence } from './Presence.js';
@@ -28,6 +31,12 @@ export interface App {
   assigner: Assigner;
   /** Default lease of a held task, in seconds. */
   leaseSeconds: number;
+  /** Rate limits per tenant, principal and connection (the guard, and `ratelimit.*` methods). */
+  rateLimits?: RateLimits;
+  /** Tenant quotas: creates reserve through it; `quota.*` methods read and set it. */
+  quotas?: Quotas;
+  /** Records refused calls (forbidden, denied, over a limit) in the tenant's audit trail. */
+  audit?: AuditRecorder;
 }
 
 /** What a handler knows about the call. */

@@ -11,6 +11,8 @@ export const CloseCodes = {
   UNAUTHENTICATED: 4001,
   CREDENTIAL_REVOKED: 4003,
   TOO_SLOW: 4008,
+  /** No frame and no answer to a ping for `idleConnectionMs`. */
+  IDLE_TIMEOUT: 4009,
 } as const;
 
 /**

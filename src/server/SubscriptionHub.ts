@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
-import type { Store, StoredEvent } from '../../actors/Store.js';
+import type { Store, StoredEvent, ViewRecord } from '../../actors/Store.js';
 import { SUBSCRIPTION_EVENT, SUBSCRIPTION_OVERFLOW } from '../../protocol/jsonrpc.js';
-import type { ActorEvent } from '../../protocol/model.js';
+import type { ActorEvent, Principal } from '../../protocol/model.js';
 import type { Connection } from './Connection.js';
 
 /** Options of {@link SubscriptionHub}. */
@@ -13,6 +13,26 @@ export interface SubscriptionHubOptions {
   replayPage?: number;
   /** Called when a subscription is dropped for being too slow. */
   onOverflow?: () => void;
+  /** Rewrites events per subscriber (field permissions); see {@link SubscriptionHub.setRedactor}. */
+  redactor?: EventRedactor;
+}
+
+/**
+ * The JSON of one event as a subscriber's principal may see it; undefined when it may see the
+ * event as it is (then the encoding shared by all such subscribers is sent).
+ */
+export type EventView = (principal: Principal | null) => string | undefined;
+
+/**
+ * A per-subscriber rewrite of events (field permissions). `prepare` is called at most once per
+ * published event, and only when it has subscribers; returning null keeps the fast path: the
+ * event is encoded once for every subscriber.
+ */
+export interface EventRedactor {
+  /** For a live event, with the read model row of its actor after it (null or undefined when there is none). */
+  prepare(e: StoredEvent, view: ViewRecord | null | undefined): EventView | null;
+  /** For events read back from the store while a subscription catches up. */
+  prepareStored(tenant: string, events: StoredEvent[]): Promise<(e: StoredEvent) => EventView | null>;
 }
 
 interface Subscription {
@@ -22,8 +42,8 @@ interface Subscription {
   topic: string;
   /** Highest position delivered. */
   last: number;
-  /** Live events that arrived while catching up from the store. */
-  backlog: StoredEvent[] | null;
+  /** Live events that arrived while catching up from the store, with their redaction. */
+  backlog: { e: StoredEvent; view: EventView | null }[] | null;
   /** While subscribing: the subscribe request, whose reply must precede the catch-up events. */
   heldBy: string | undefined;
 }
@@ -62,12 +82,19 @@ export class SubscriptionHub {
   #maxBuffered: number;
   #page: number;
   #opts: SubscriptionHubOptions;
+  #redactor: EventRedactor | null;
 
   constructor(opts: SubscriptionHubOptions) {
     this.#opts = opts;
+    this.#redactor = opts.redactor ?? null;
     this.#store = opts.store;
     this.#maxBuffered = opts.maxBufferedBytes ?? 8 * 1024 * 1024;
     this.#page = opts.replayPage ?? 500;
+  }
+
+  /** Installs the per-subscriber rewrite of events (one at a time; null removes it). */
+  setRedactor(redactor: EventRedactor | null): void {
+    this.#redactor = redactor;
   }
 
   /** How many subscriptions are open. */
@@ -100,7 +127,8 @@ export class SubscriptionHub {
         sub.last = fromPosition;
         for (;;) {
           const page = await this.#store.readTopic(tenant, topic, sub.last, this.#page);
-          for (const e of page) this.#send(sub, e);
+          const views = this.#redactor ? await this.#redactor.prepareStored(tenant, page) : null;
+          for (const e of page) this.#send(sub, e, views?.(e)?.(sub.conn.principal));
           if (page.length < this.#page || !this.#byId.has(sub.id)) break;
         }
       }
@@ -110,7 +138,7 @@ export class SubscriptionHub {
     }
     const backlog = sub.backlog ?? [];
     sub.backlog = null;
-    for (const e of backlog) if (e.position > sub.last) this.#send(sub, e);
+    for (const { e, view } of backlog) if (e.position > sub.last) this.#send(sub, e, view?.(sub.conn.principal));
     const position = sub.last;
     sub.heldBy = undefined;
     return { subscriptionId: sub.id, position };
@@ -133,18 +161,23 @@ export class SubscriptionHub {
     for (const id of [...conn.subscriptions]) this.unsubscribe(id);
   }
 
-  /** Delivers committed events (wired to the actor host's commit listener). */
-  publish(events: StoredEvent[], topics: string[][]): void {
+  /**
+   * Delivers committed events (wired to the actor host's commit listener), with the read model
+   * row of their actor after them, which the redactor may need.
+   */
+  publish(events: StoredEvent[], topics: string[][], view?: ViewRecord | null): void {
     for (let i = 0; i < events.length; i++) {
       const e = events[i]!;
-      // Encoded once however many subscribers receive it.
+      // Encoded once however many subscribers receive it, unless one may see less of it.
       let json: string | undefined;
+      let redacted: EventView | null | undefined;
       for (const topic of topics[i] ?? []) {
         const set = this.#byKey.get(`${e.tenant}\n${topic}`);
         if (!set) continue;
+        if (redacted === undefined) redacted = this.#redactor ? this.#redactor.prepare(e, view) : null;
         for (const sub of set) {
-          if (sub.backlog) sub.backlog.push(e);
-          else if (e.position > sub.last) this.#send(sub, e, (json ??= JSON.stringify(toActorEvent(e))));
+          if (sub.backlog) sub.backlog.push({ e, view: redacted });
+          else if (e.position > sub.last) this.#send(sub, e, redacted?.(sub.conn.principal) ?? (json ??= JSON.stringify(toActorEvent(e))));
         }
       }
     }

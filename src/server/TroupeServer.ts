@@ -8,6 +8,7 @@ import { addressOf } from '../../actors/ActorKind.js';
 import { LocalOwnership, type Ownership } from '../../actors/Ownership.js';
 import type { Store } from '../../actors/Store.js';
 import { OutboxDispatcher, TimerService } from '../../actors/TimerService.js';
+import { ResilientStore } from '../storage/ResilientStore.js';
 import { ProtocolError } from '../../protocol/errors.js';
 import {
   SESSION_CLOSING,
@@ -22,12 +23,20 @@ import { protocolJsonSchema } from '../../protocol/schema.js';
 import type { Principal } from '../../protocol/model.js';
 import { Authenticator, type Credential } from '../auth/Authenticator.js';
 import { agentHandlers } from '../handlers/agents.js';
+import { auditHandlers } from '../handlers/audit.js';
+import { AuditRecorder } from '../guard/AuditRecorder.js';
 import { ruleHandlers } from '../handlers/rules.js';
+import { rateLimitHandlers } from '../handlers/ratelimits.js';
+import { RateLimits, type RateLimitOptions } from '../guard/RateLimits.js';
 import { assignmentHandlers } from '../handlers/assignment.js';
 import { distributedHandlers } from '../handlers/distributed.js';
 import { executionHandlers } from '../handlers/executions.js';
+import { fieldPolicyHandlers } from '../handlers/fieldPolicy.js';
+import { quotaHandlers } from '../handlers/quotas.js';
+import { Quotas, type QuotasOptions } from '../guard/Quotas.js';
 import { Dispatcher } from '../workflows/Dispatcher.js';
 import { installGuards } from './guards.js';
+import { IdleTimeout } from '../guard/IdleTimeout.js';
 import { sessionHandlers } from '../handlers/session.js';
 import { taskHandlers } from '../handlers/tasks.js';
 import { workflowHandlers } from '../handlers/workflows.js';
@@ -79,6 +88,32 @@ export interface TroupeServerOptions {
   leaseSeconds?: number;
   /** Strategy of auto-assignment when neither the request, the task nor a policy names one (default least_loaded). */
   defaultStrategy?: AssignmentStrategy;
+  /** Redis shared by the nodes of a cluster (rate limits count there); unset: a single node. */
+  redisUrl?: string;
+  /** Rate limit settings: default budgets, Redis timeouts (see {@link RateLimitOptions}). */
+  rateLimits?: RateLimitOptions;
+  /** Default quota limits of every tenant that sets none (null or left out: unlimited). */
+  quotaLimits?: QuotasOptions['defaults'];
+  /** Deepest nesting of objects and arrays in params, params itself counting 1 (default 32). */
+  maxJsonDepth?: number;
+  /** Longest string anywhere in params, in UTF-16 code units (default 1 000 000). */
+  maxStringLength?: number;
+  /** An authenticated connection that sends nothing and answers no ping this long is closed with 4009 (default 600 000; 0 disables). */
+  idleConnectionMs?: number;
+  /** The most messages waiting in one actor's mailbox; beyond it calls get BUSY (default 1 000). */
+  maxMailbox?: number;
+  /** Calls of one tenant handled at once (default 256). */
+  tenantConcurrency?: number;
+  /** Calls of one tenant waiting for a slot; beyond it calls get BUSY (default 1 024). */
+  tenantQueue?: number;
+  /** Longest wait for a store read (default 5 000). */
+  storeTimeoutMs?: number;
+  /** Longest wait for a store commit or other write, whose outcome is then unknown (default 10 000). */
+  storeCommitTimeoutMs?: number;
+  /** Consecutive store failures that open its circuit breaker (default 5). */
+  storeBreakerFailures?: number;
+  /** How long the store's breaker stays open before a trial call (default 2 000). */
+  storeBreakerHalfOpenMs?: number;
 }
 
 /**
@@ -119,6 +154,8 @@ export class TroupeServer {
   #guards: CallGuard[] = [];
   #conns = new Set<Connection>();
   #closing: Promise<void> | null = null;
+  /** The store as every part of the server uses it: behind timeouts, retries and a circuit breaker. */
+  #store: ResilientStore;
   #log: Logger;
   #maxFrame: number;
   #credentialCheck: NodeJS.Timeout | null = null;
@@ -139,13 +176,21 @@ export class TroupeServer {
         connections: () => this.#conns.size,
         activeActors: () => this.host.activeByKind(),
         mailboxDepth: () => this.host.mailboxDepth,
+        breakers: () => [['store', this.#store.circuitGauge]],
       },
       { defaultMetrics: opts.processMetrics ?? false },
     );
     const metrics = this.metrics;
     this.#maxFrame = opts.maxFrameBytes ?? 1024 * 1024;
     const now = opts.now ?? Date.now;
-    const store = opts.store;
+    const store = (this.#store = new ResilientStore(opts.store, {
+      readTimeoutMs: opts.storeTimeoutMs,
+      writeTimeoutMs: opts.storeCommitTimeoutMs,
+      breakerFailures: opts.storeBreakerFailures,
+      halfOpenAfterMs: opts.storeBreakerHalfOpenMs,
+      onStateChange: (circuit) =>
+        this.#log[circuit.state === 'closed' ? 'info' : 'warn']({ dependency: 'store', ...circuit }, `store circuit breaker ${circuit.state}`),
+    }));
     const hub = new SubscriptionHub({ store, maxBufferedBytes: opts.maxBufferedBytes, onOverflow: () => metrics.overflow() });
     this.host = new ActorHost({
       store,
@@ -153,13 +198,15 @@ export class TroupeServer {
       kinds: [...actorKinds],
       idleMs: opts.idleMs,
       maxActive: opts.maxActiveActors,
+      maxMailbox: opts.maxMailbox,
+      onBusy: () => metrics.busy('mailbox'),
       now,
       onTimerScheduled: (at) => this.#timers.scheduled(at),
       onOutbox: (records) => this.#outbox.dispatch(records),
       onPassivated: (kind) => metrics.passivated(kind),
       onStoreCommit: (seconds) => metrics.storeCommit(seconds),
     });
-    this.host.onCommit((events, topics) => hub.publish(events, topics));
+    this.host.onCommit((events, topics, view) => hub.publish(events, topics, view));
     this.rules = new RuleEngine({ store });
     this.rules.attach(this.host);
     const presence = new Presence();
@@ -186,6 +233,9 @@ export class TroupeServer {
       directory,
       assigner,
       leaseSeconds: opts.leaseSeconds ?? 60,
+      rateLimits: new RateLimits({ redisUrl: opts.redisUrl, ...opts.rateLimits, store, host: this.host, log: this.#log }),
+      quotas: new Quotas({ host: this.host, log: this.#log, now, defaults: opts.quotaLimits }),
+      audit: new AuditRecorder({ store, now, log: this.#log }),
     };
     const dispatcher = new Dispatcher(this.app);
     this.#handlers = {
@@ -197,6 +247,10 @@ export class TroupeServer {
       ...ruleHandlers(this.app, this.rules),
       ...workflowHandlers(this.app),
       ...executionHandlers(this.app),
+      ...auditHandlers(this.app),
+      ...fieldPolicyHandlers(this.app),
+      ...rateLimitHandlers(this.app),
+      ...quotaHandlers(this.app),
     };
     installGuards(this, this.app, opts);
     this.#http = http.createServer((req, res) => void this.#http_(req, res));
@@ -252,6 +306,7 @@ export class TroupeServer {
         this.#http.closeAllConnections();
       });
       await this.host.close();
+      await this.app.rateLimits?.close();
       await this.app.store.close();
     })();
     return this.#closing;
@@ -306,7 +361,9 @@ export class TroupeServer {
           await this.app.store.ping();
           return json(this.#closing ? 503 : 200, { status: this.#closing ? 'closing' : 'ready', store: 'ok' });
         } catch (e) {
-          return json(503, { status: 'unavailable', store: (e as Error).message });
+          // An open breaker refuses the ping at once, and is reported with when it tries again.
+          const circuit = this.#store.circuit;
+          return json(503, { status: 'unavailable', store: (e as Error).message, ...(circuit.state === 'closed' ? {} : { breaker: circuit }) });
         }
       case '/metrics': {
         const registry = this.metrics.registry;
@@ -385,6 +442,7 @@ export class TroupeServer {
     }
     conn.principal = p;
     conn.credential = credential;
+    if (this.#opts.idleConnectionMs !== 0) new IdleTimeout(conn, this.#opts.idleConnectionMs ?? 600_000).start();
     this.app.presence.add(p.tenantId, p.principalId);
     await this.#agentEvent(p, 'agent.connected');
   }
@@ -470,6 +528,7 @@ export class TroupeServer {
       } catch (e) {
         const error = this.#toProtocolError(e, req.method, messageLog());
         this.metrics.error(method, error.reason);
+        this.app.audit?.refused(conn.principal, req.method, req.params, error, correlationId);
         span.setAttribute('outcome', error.reason);
         span.setStatus({ code: SpanStatusCode.ERROR, message: error.reason });
         return req.id === undefined ? null : errorResponse(req.id, error);

@@ -2,8 +2,11 @@ import type {
   ApiKeyRecord,
   CommitItem,
   CommitOutcome,
+  EventPage,
+  EventQuery,
   IdempotencyRecord,
   OutboxRecord,
+  RefusalRecord,
   Store,
   StoredEvent,
   TenantRecord,
@@ -14,6 +17,19 @@ import type {
   ViewStats,
 } from '../../actors/Store.js';
 import { decodeCursor, encodeCursor } from './cursor.js';
+import {
+  auditKey,
+  checkRefusal,
+  compareAuditKeys,
+  compareCodePoints,
+  decodeEventCursor,
+  encodeEventCursor,
+  eventPageLimit,
+  eventPrincipal,
+  eventTime,
+  mergeRefusal,
+  type AuditKey,
+} from './eventQuery.js';
 
 interface StreamState {
   tenant: string;
@@ -58,6 +74,9 @@ export class MemoryStore implements Store {
   #topics = new Map<string, number[]>();
   /** The last position of each tenant's feed. */
   #tenantHeads = new Map<string, number>();
+  /** Store-wide positions of each tenant's events, ascending: the audit trail scans only its tenant. */
+  #tenantEvents = new Map<string, number[]>();
+  #refusals = new Map<string, RefusalRecord>();
   #snapshots = new Map<string, { version: number; state: unknown }>();
   /** Key: tenant NUL kind NUL id. */
   #views = new Map<string, ViewRecord>();
@@ -133,9 +152,15 @@ export class MemoryStore implements Store {
     const positions: number[] = [];
     const feedPositions: number[] = [];
     const tenantHead = this.#tenantHeads.get(item.tenant) ?? 0;
+    const tenantEvents = this.#tenantEvents.get(item.tenant) ?? [];
     if (item.events.length > 0) {
       this.#tenantHeads.set(item.tenant, tenantHead + item.events.length);
-      undo.push(() => this.#tenantHeads.set(item.tenant, tenantHead));
+      this.#tenantEvents.set(item.tenant, tenantEvents);
+      const length = tenantEvents.length;
+      undo.push(() => {
+        this.#tenantHeads.set(item.tenant, tenantHead);
+        tenantEvents.length = length;
+      });
     }
     item.events.forEach((event, i) => {
       // Topic lists and streams index the store-wide feed; clients see the tenant position.
@@ -151,6 +176,7 @@ export class MemoryStore implements Store {
         version: version + i + 1,
       });
       this.#eventIds.add(event.id);
+      tenantEvents.push(position);
       undo.push(() => {
         this.#events.pop();
         this.#eventIds.delete(event.id);
@@ -352,6 +378,53 @@ export class MemoryStore implements Store {
     return clone(this.#idempotency.get(pair(tenant, key)));
   }
 
+  async queryEvents(tenant: string, q: EventQuery): Promise<EventPage> {
+    this.#assertOpen();
+    const limit = eventPageLimit(q.limit);
+    const after = q.cursor === undefined ? undefined : decodeEventCursor(q.cursor);
+    const inTime = (at: number) => (q.from === undefined || at >= q.from) && (q.to === undefined || at < q.to);
+    const found: { key: AuditKey; item: () => EventPage['items'][number] }[] = [];
+    const keep = (key: AuditKey, item: () => EventPage['items'][number]) => {
+      if (after === undefined || compareAuditKeys(key, after) > 0) found.push({ key, item });
+    };
+    if (q.outcome !== 'refused') {
+      for (const p of this.#tenantEvents.get(tenant) ?? []) {
+        const e = this.#events[p - 1]!;
+        if (q.kind !== undefined && e.kind !== q.kind) continue;
+        if (q.actorId !== undefined && e.actorId !== q.actorId) continue;
+        if (q.principal !== undefined && eventPrincipal(e) !== q.principal) continue;
+        if (q.type !== undefined && e.type !== q.type) continue;
+        if (!inTime(eventTime(e))) continue;
+        keep({ at: eventTime(e), rank: 1, position: e.position }, () => ({ outcome: 'accepted', event: clone(e) }));
+      }
+    }
+    if (q.outcome !== 'accepted') {
+      for (const r of this.#refusals.values()) {
+        if (r.tenant !== tenant) continue;
+        if (q.kind !== undefined && r.actorKind !== q.kind) continue;
+        if (q.actorId !== undefined && r.actorId !== q.actorId) continue;
+        if (q.principal !== undefined && r.principal !== q.principal) continue;
+        if (q.type !== undefined && r.method !== q.type) continue;
+        if (!inTime(r.at)) continue;
+        keep({ at: r.at, rank: 0, id: r.id }, () => ({ outcome: 'refused', refusal: clone(r) }));
+      }
+    }
+    found.sort((a, b) => compareAuditKeys(a.key, b.key));
+    const items = found.slice(0, limit).map((f) => f.item());
+    const last = items[items.length - 1];
+    return { items, nextCursor: found.length > limit && last ? encodeEventCursor(auditKey(last)) : null };
+  }
+
+  async appendRefusals(records: RefusalRecord[]): Promise<void> {
+    this.#assertOpen();
+    // Every record is checked before any is stored: all or none.
+    for (const r of records) checkRefusal(r);
+    for (const r of clone(records)) {
+      const stored = this.#refusals.get(r.id);
+      this.#refusals.set(r.id, stored ? mergeRefusal(stored, r) : r);
+    }
+  }
+
   async putTenant(tenant: TenantRecord): Promise<void> {
     this.#assertOpen();
     this.#tenants.set(tenant.id, clone(tenant));
@@ -438,28 +511,6 @@ function bump(counts: Record<string, number>, key: string | null): void {
 
 function asciiLower(s: string): string {
   return s.replace(/[A-Z]+/g, (m) => m.toLowerCase());
-}
-
-/**
- * Orders strings by code point, which is the byte order of their UTF-8 form and so the order
- * SQLite's BINARY collation gives; plain `<` compares UTF-16 units and differs above U+FFFF.
- */
-function compareCodePoints(a: string, b: string): number {
-  if (a === b) return 0;
-  const n = Math.min(a.length, b.length);
-  for (let i = 0; i < n; i++) {
-    const x = a.charCodeAt(i);
-    const y = b.charCodeAt(i);
-    if (x !== y) return lift(x) - lift(y);
-  }
-  return a.length - b.length;
-}
-
-/** Moves surrogates (code points above U+FFFF) after the rest of the BMP. */
-function lift(unit: number): number {
-  if (unit >= 0xe000) return unit - 0x800;
-  if (unit >= 0xd800) return unit + 0x2000;
-  return unit;
 }
 
 function pageLimit(limit: number | undefined): number {

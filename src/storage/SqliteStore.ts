@@ -4,8 +4,11 @@ import type {
   ApiKeyRecord,
   CommitItem,
   CommitOutcome,
+  EventPage,
+  EventQuery,
   IdempotencyRecord,
   OutboxRecord,
+  RefusalRecord,
   Store,
   StoredEvent,
   TenantRecord,
@@ -16,6 +19,17 @@ import type {
   ViewStats,
 } from '../../actors/Store.js';
 import { decodeCursor, encodeCursor } from './cursor.js';
+import {
+  auditKey,
+  checkRefusal,
+  compareAuditKeys,
+  decodeEventCursor,
+  encodeEventCursor,
+  eventPageLimit,
+  eventPrincipal,
+  eventTime,
+  type AuditKey,
+} from './eventQuery.js';
 
 /** Options of {@link SqliteStore}. */
 export interface SqliteStoreOptions {
@@ -38,7 +52,7 @@ export interface SqliteStoreOptions {
 }
 
 /** The schema version this code writes; a file with a higher one is refused. */
-const SCHEMA_VERSION = 2;
+const SCHEMA_VERSION = 3;
 
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -49,7 +63,8 @@ CREATE INDEX IF NOT EXISTS streams_kind ON streams (kind, stream);
 CREATE TABLE IF NOT EXISTS events (
   position INTEGER PRIMARY KEY AUTOINCREMENT, tenant_position INTEGER NOT NULL, id TEXT NOT NULL UNIQUE,
   stream TEXT NOT NULL, version INTEGER NOT NULL, tenant TEXT NOT NULL, kind TEXT NOT NULL,
-  actor_id TEXT NOT NULL, type TEXT NOT NULL, data TEXT NOT NULL, meta TEXT NOT NULL, UNIQUE (stream, version));
+  actor_id TEXT NOT NULL, type TEXT NOT NULL, data TEXT NOT NULL, meta TEXT NOT NULL, at INTEGER NOT NULL,
+  principal TEXT NOT NULL, UNIQUE (stream, version));
 CREATE TABLE IF NOT EXISTS tenant_positions (tenant TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS event_topics (
   tenant TEXT NOT NULL, topic TEXT NOT NULL, position INTEGER NOT NULL, feed_position INTEGER NOT NULL,
@@ -81,11 +96,27 @@ CREATE TABLE IF NOT EXISTS api_keys (
   secret_hash TEXT NOT NULL, label TEXT NOT NULL, created_at INTEGER NOT NULL, revoked_at INTEGER);
 CREATE INDEX IF NOT EXISTS api_keys_tenant ON api_keys (tenant, id);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS refusals (
+  id TEXT PRIMARY KEY, tenant TEXT NOT NULL, at INTEGER NOT NULL, last_at INTEGER NOT NULL, principal TEXT NOT NULL,
+  method TEXT NOT NULL, code TEXT NOT NULL, reason TEXT NOT NULL, count INTEGER NOT NULL, actor_kind TEXT,
+  actor_id TEXT, correlation_id TEXT);
+CREATE INDEX IF NOT EXISTS refusals_at ON refusals (tenant, at, id);
+CREATE INDEX IF NOT EXISTS refusals_principal ON refusals (tenant, principal, at, id);
+`;
+
+/**
+ * Indexes on columns that migrations add, so created after them. The audit trail reads a
+ * tenant's events newest first, optionally of one principal (`Store.queryEvents`).
+ */
+const INDEXES = `
+CREATE INDEX IF NOT EXISTS events_tenant_at ON events (tenant, at, tenant_position);
+CREATE INDEX IF NOT EXISTS events_tenant_principal ON events (tenant, principal, at, tenant_position);
 `;
 
 const VIEW_COLUMNS = `tenant, kind, id, version, status, owner, type, priority, parent_id, created_by,
   created_at, updated_at, text, archived, doc`;
 const EVENT_COLUMNS = 'position, tenant_position, id, stream, version, tenant, kind, actor_id, type, data, meta';
+const REFUSAL_COLUMNS = 'id, tenant, at, last_at, principal, method, code, reason, count, actor_kind, actor_id, correlation_id';
 
 type Row = Record<string, unknown>;
 type Stmt = Database.Statement<unknown[], Row>;
@@ -98,7 +129,7 @@ export interface PreparedItem {
   actorId: string;
   expectedVersion: number;
   epoch: number;
-  events: { id: string; type: string; data: string; meta: string; topics: string[] }[];
+  events: { id: string; type: string; data: string; meta: string; at: number; principal: string; topics: string[] }[];
   /** `undefined`: keep the current snapshot. */
   snapshot: string | undefined;
   /** `undefined`: leave the view; `null`: delete it. */
@@ -111,9 +142,20 @@ export interface PreparedItem {
   idempotency: { tenant: string; key: string; row: unknown[] } | undefined;
 }
 
+/** Refusal records as rows, written by the writer like a commit call. */
+export interface PreparedRefusals {
+  refusals: unknown[][];
+}
+
+/** What one call hands the writer: a commit's items, or refusal records. */
+export type PreparedCall = PreparedItem[] | PreparedRefusals;
+
 interface PendingCall {
-  /** Inline writer: the prepared items. Writer thread: the items as one JSON text (cheaper to post). */
-  items: PreparedItem[] | string;
+  /**
+   * Inline writer: the prepared call. Writer thread: the call as one JSON text (cheaper to post):
+   * the commit's items, or `{ refusals }`.
+   */
+  items: PreparedCall | string;
   resolve: (outcomes: CommitOutcome[]) => void;
   reject: (err: unknown) => void;
 }
@@ -207,13 +249,29 @@ export class SqliteStore implements Store {
   }
 
   commit(items: CommitItem[]): Promise<CommitOutcome[]> {
-    if (this.#closed) return Promise.reject(new Error('SqliteStore is closed: commit refused'));
+    if (items.length === 0 && !this.#closed && !this.#workerFailure) return Promise.resolve([]);
+    return this.#enqueue(() => (this.#worker ? JSON.stringify(items) : items.map(prepareItem)), 'commit');
+  }
+
+  /**
+   * Queues refusal records for the next group commit, so that they share its transaction and
+   * fsync and, in worker mode, never take the write lock on the event loop's thread.
+   */
+  async appendRefusals(records: RefusalRecord[]): Promise<void> {
+    if (records.length === 0) return this.#assertOpen();
+    await this.#enqueue(() => {
+      for (const r of records) checkRefusal(r);
+      return this.#worker ? JSON.stringify({ refusals: records }) : prepareRefusals(records);
+    }, 'appendRefusals');
+  }
+
+  /** Queues one writer call; `prepare` runs now, so later changes by the caller cannot reach the store. */
+  #enqueue(prepare: () => PreparedCall | string, what: string): Promise<CommitOutcome[]> {
+    if (this.#closed) return Promise.reject(new Error(`SqliteStore is closed: ${what} refused`));
     if (this.#workerFailure) return Promise.reject(this.#workerFailure);
-    if (items.length === 0) return Promise.resolve([]);
-    let prepared: PreparedItem[] | string;
+    let prepared: PreparedCall | string;
     try {
-      // Serialised now, so later changes by the caller cannot reach the store.
-      prepared = this.#worker ? JSON.stringify(items) : items.map(prepareItem);
+      prepared = prepare();
     } catch (err) {
       return Promise.reject(err);
     }
@@ -239,7 +297,7 @@ export class SqliteStore implements Store {
     }
     let results: (CommitOutcome[] | Error)[];
     try {
-      results = this.#writer!.write(batch.map((c) => c.items as PreparedItem[]));
+      results = this.#writer!.write(batch.map((c) => c.items as PreparedCall));
     } catch (err) {
       for (const call of batch) call.reject(err);
       return;
@@ -386,6 +444,47 @@ export class SqliteStore implements Store {
     );
   }
 
+  async queryEvents(tenant: string, q: EventQuery): Promise<EventPage> {
+    this.#assertOpen();
+    const limit = eventPageLimit(q.limit);
+    const after = q.cursor === undefined ? undefined : decodeEventCursor(q.cursor);
+    // Each side reads at most one row past the page through its own index; the merge is in JS.
+    const events = q.outcome === 'refused' ? [] : this.#eventSide(tenant, q, after, limit + 1);
+    const refusals = q.outcome === 'accepted' ? [] : this.#refusalSide(tenant, q, after, limit + 1);
+    const found: EventPage['items'] = [
+      ...events.map((row) => ({ outcome: 'accepted' as const, event: toEvent(row) })),
+      ...refusals.map((row) => ({ outcome: 'refused' as const, refusal: toRefusal(row) })),
+    ];
+    found.sort((a, b) => compareAuditKeys(auditKey(a), auditKey(b)));
+    const items = found.slice(0, limit);
+    const last = items[items.length - 1];
+    return { items, nextCursor: found.length > limit && last ? encodeEventCursor(auditKey(last)) : null };
+  }
+
+  /** A tenant's events matching `q` after the cursor, newest first (events_tenant_at or events_tenant_principal). */
+  #eventSide(tenant: string, q: EventQuery, after: AuditKey | undefined, limit: number): Row[] {
+    const where = auditFilter(tenant, q, { kind: 'kind', actorId: 'actor_id', type: 'type' });
+    if (after?.rank === 1) where.add('at <= ? AND (at < ? OR tenant_position < ?)', after.at, after.at, after.position);
+    // Refusals sort after the events of their millisecond.
+    else if (after) where.add('at < ?', after.at);
+    // Without statistics SQLite may prefer a time range to the principal; one principal's events are fewer.
+    const index = q.principal === undefined ? '' : 'INDEXED BY events_tenant_principal';
+    const sql = `SELECT ${EVENT_COLUMNS} FROM events ${index} WHERE ${where.sql.join(' AND ')}
+      ORDER BY at DESC, tenant_position DESC LIMIT ?`;
+    return this.#query(sql).all(...where.params, limit);
+  }
+
+  /** A tenant's refusal records matching `q` after the cursor, newest first (refusals_at or refusals_principal). */
+  #refusalSide(tenant: string, q: EventQuery, after: AuditKey | undefined, limit: number): Row[] {
+    const where = auditFilter(tenant, q, { kind: 'actor_kind', actorId: 'actor_id', type: 'method' });
+    if (after?.rank === 0) where.add('at <= ? AND (at < ? OR id < ?)', after.at, after.at, after.id);
+    else if (after) where.add('at <= ?', after.at);
+    const index = q.principal === undefined ? '' : 'INDEXED BY refusals_principal';
+    const sql = `SELECT ${REFUSAL_COLUMNS} FROM refusals ${index} WHERE ${where.sql.join(' AND ')}
+      ORDER BY at DESC, id DESC LIMIT ?`;
+    return this.#query(sql).all(...where.params, limit);
+  }
+
   async putTenant(tenant: TenantRecord): Promise<void> {
     this.#assertOpen();
     this.#s.putTenant.run(tenant.id, tenant.name, tenant.createdAt);
@@ -485,21 +584,21 @@ export class SqliteStore implements Store {
 export class SqliteWriter {
   #s: Statements;
   #snapshotsKeep: number;
-  #fast: Database.Transaction<(calls: PreparedItem[][]) => CommitOutcome[][]>;
-  #safe: Database.Transaction<(calls: PreparedItem[][]) => (CommitOutcome[] | Error)[]>;
+  #fast: Database.Transaction<(calls: PreparedCall[]) => CommitOutcome[][]>;
+  #safe: Database.Transaction<(calls: PreparedCall[]) => (CommitOutcome[] | Error)[]>;
 
   constructor(db: Database.Database, snapshotsKeep: number) {
     this.#s = prepareStatements(db);
     this.#snapshotsKeep = snapshotsKeep;
-    const writeCall = db.transaction((items: PreparedItem[]) => items.map((item) => this.#writeItem(item)));
+    const writeCall = db.transaction((call: PreparedCall) => this.#writeCall(call));
     // Refusals are decided before an item writes anything, so the common case needs no
     // savepoints; only an unexpected error makes the batch run again with one per call.
-    this.#fast = db.transaction((calls: PreparedItem[][]) => calls.map((items) => items.map((item) => this.#writeItem(item))));
-    this.#safe = db.transaction((calls: PreparedItem[][]) =>
-      calls.map((items) => {
+    this.#fast = db.transaction((calls: PreparedCall[]) => calls.map((call) => this.#writeCall(call)));
+    this.#safe = db.transaction((calls: PreparedCall[]) =>
+      calls.map((call) => {
         try {
           // A nested transaction is a savepoint: a failing call rolls back alone.
-          return writeCall(items);
+          return writeCall(call);
         } catch (err) {
           // Some errors (disk full, I/O) make SQLite abort the whole transaction; then give up.
           if (!db.inTransaction) throw err;
@@ -513,7 +612,7 @@ export class SqliteWriter {
    * Writes the calls in one transaction. Returns each call's outcomes, or the error that made
    * that call (alone) roll back. Throws if the transaction as a whole failed.
    */
-  write(calls: PreparedItem[][]): (CommitOutcome[] | Error)[] {
+  write(calls: PreparedCall[]): (CommitOutcome[] | Error)[] {
     try {
       // IMMEDIATE takes the write lock up front, so another process sharing the file makes us
       // wait (busy_timeout) instead of failing on a lock upgrade half way.
@@ -521,6 +620,13 @@ export class SqliteWriter {
     } catch {
       return this.#safe.immediate(calls);
     }
+  }
+
+  /** Writes one call: a commit's items, or refusal records (which have no outcomes). */
+  #writeCall(call: PreparedCall): CommitOutcome[] {
+    if (Array.isArray(call)) return call.map((item) => this.#writeItem(item));
+    for (const row of call.refusals) this.#s.upsertRefusal.run(...row);
+    return [];
   }
 
   /** Checks and writes one item. Every refusal is decided before the first write, so a refused
@@ -555,7 +661,7 @@ export class SqliteWriter {
         const position = last - item.events.length + i + 1;
         const { lastInsertRowid } = s.insertEvent.run(
           position, event.id, item.stream, version + i + 1, item.tenant, item.kind, item.actorId,
-          event.type, event.data, event.meta,
+          event.type, event.data, event.meta, event.at, event.principal,
         );
         const feedPosition = Number(lastInsertRowid);
         for (const topic of event.topics) s.insertTopic.run(item.tenant, topic, position, feedPosition);
@@ -611,12 +717,28 @@ export function migrate(db: Database.Database): void {
       throw new Error(
         `database schema_version ${row.value} is newer than this code's ${SCHEMA_VERSION}; upgrade Troupe`,
       );
-    } else if (Number(row.value) === 1) {
-      db.exec(MIGRATE_1_TO_2);
+    } else if (Number(row.value) < SCHEMA_VERSION) {
+      // Each step takes the file one version up; all of them run in this one transaction.
+      if (Number(row.value) < 2) db.exec(MIGRATE_1_TO_2);
+      db.exec(MIGRATE_2_TO_3);
       db.prepare("UPDATE meta SET value = ? WHERE key = 'schema_version'").run(String(SCHEMA_VERSION));
     }
+    db.exec(INDEXES);
   }).immediate();
 }
+
+/**
+ * Version 3 files each event under its time and principal as columns (copied out of `meta`), so
+ * that the audit trail can use indexes; the indexes themselves are {@link INDEXES}. The
+ * `refusals` table is new and created by the schema.
+ */
+const MIGRATE_2_TO_3 = `
+ALTER TABLE events ADD COLUMN at INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE events ADD COLUMN principal TEXT NOT NULL DEFAULT '';
+UPDATE events SET
+  at = CASE WHEN json_type(meta, '$.at') IN ('integer', 'real') THEN json_extract(meta, '$.at') ELSE 0 END,
+  principal = CASE WHEN json_type(meta, '$.principal') = 'text' THEN json_extract(meta, '$.principal') ELSE '' END;
+`;
 
 /** Version 2 numbers events per tenant (positions used to be store-wide). */
 const MIGRATE_1_TO_2 = `
@@ -638,8 +760,8 @@ const SQL = {
   getStream: 'SELECT version, epoch FROM streams WHERE stream = ?',
   eventExists: 'SELECT 1 FROM events WHERE id = ?',
   idempotencyExists: 'SELECT 1 FROM idempotency WHERE tenant = ? AND key = ?',
-  insertEvent: `INSERT INTO events (tenant_position, id, stream, version, tenant, kind, actor_id, type, data, meta)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+  insertEvent: `INSERT INTO events (tenant_position, id, stream, version, tenant, kind, actor_id, type, data, meta, at, principal)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
   bumpTenantPosition: `INSERT INTO tenant_positions (tenant, value) VALUES (?, ?)
     ON CONFLICT (tenant) DO UPDATE SET value = value + excluded.value RETURNING value`,
   insertTopic: 'INSERT OR IGNORE INTO event_topics (tenant, topic, position, feed_position) VALUES (?, ?, ?, ?)',
@@ -697,6 +819,11 @@ const SQL = {
   nextCounter: `INSERT INTO counters (name, value) VALUES (?, 1)
     ON CONFLICT (name) DO UPDATE SET value = value + 1 RETURNING value`,
   ping: 'SELECT 1',
+  // SET expressions read the row as it was before the update.
+  upsertRefusal: `INSERT INTO refusals (${REFUSAL_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+    ON CONFLICT (id) DO UPDATE SET count = count + excluded.count, last_at = max(last_at, excluded.last_at),
+    actor_kind = CASE WHEN actor_kind IS excluded.actor_kind AND actor_id IS excluded.actor_id THEN actor_kind END,
+    actor_id = CASE WHEN actor_kind IS excluded.actor_kind AND actor_id IS excluded.actor_id THEN actor_id END`,
 };
 
 type Statements = Record<keyof typeof SQL, Stmt>;
@@ -728,6 +855,8 @@ export function prepareItem(item: CommitItem): PreparedItem {
       type: e.type,
       data: json(e.data, `event ${e.id} data`),
       meta: json(e.meta, `event ${e.id} meta`),
+      at: eventTime(e),
+      principal: eventPrincipal(e),
       topics: [...new Set(item.topics[i] ?? [])],
     })),
     snapshot: item.snapshot === undefined ? undefined : json(item.snapshot, `snapshot of ${item.stream}`),
@@ -755,6 +884,42 @@ export function prepareItem(item: CommitItem): PreparedItem {
         idem.result === undefined ? null : json(idem.result, `idempotency ${idem.key} result`), idem.createdAt,
       ],
     },
+  };
+}
+
+/** Refusal records as rows of the `refusals` table; throws a TypeError for a malformed record. */
+export function prepareRefusals(records: RefusalRecord[]): PreparedRefusals {
+  for (const r of records) checkRefusal(r);
+  return {
+    refusals: records.map((r) => [
+      r.id, r.tenant, r.at, r.lastAt, r.principal, r.method, r.code, r.reason, r.count, r.actorKind, r.actorId,
+      r.correlationId,
+    ]),
+  };
+}
+
+/** A writer call from its JSON form (posted to the writer thread): commit items, or `{ refusals }`. */
+export function prepareCall(value: unknown): PreparedCall {
+  if (Array.isArray(value)) return (value as CommitItem[]).map(prepareItem);
+  const refusals = (value as { refusals?: unknown } | null)?.refusals;
+  if (!Array.isArray(refusals)) throw new TypeError('a writer call is commit items or { refusals }');
+  return prepareRefusals(refusals as RefusalRecord[]);
+}
+
+function toRefusal(row: Row): RefusalRecord {
+  return {
+    id: row.id as string,
+    tenant: row.tenant as string,
+    at: row.at as number,
+    lastAt: row.last_at as number,
+    principal: row.principal as string,
+    method: row.method as string,
+    code: row.code as string,
+    reason: row.reason as string,
+    count: row.count as number,
+    actorKind: row.actor_kind as string | null,
+    actorId: row.actor_id as string | null,
+    correlationId: row.correlation_id as string | null,
   };
 }
 
@@ -857,6 +1022,27 @@ function viewFilter(tenant: string, kind: string, q: ViewQuery): { sql: string[]
   if (q.createdBefore !== undefined) add('created_at < ?', q.createdBefore);
   if (q.updatedBefore !== undefined) add('updated_at < ?', q.updatedBefore);
   return { sql, params };
+}
+
+/** WHERE clauses shared by both sides of the audit trail; `columns` names each side's columns. */
+function auditFilter(
+  tenant: string,
+  q: EventQuery,
+  columns: { kind: string; actorId: string; type: string },
+): { sql: string[]; params: unknown[]; add: (clause: string, ...values: unknown[]) => void } {
+  const sql = ['tenant = ?'];
+  const params: unknown[] = [tenant];
+  const add = (clause: string, ...values: unknown[]): void => {
+    sql.push(clause);
+    params.push(...values);
+  };
+  if (q.principal !== undefined) add('principal = ?', q.principal);
+  if (q.kind !== undefined) add(`${columns.kind} = ?`, q.kind);
+  if (q.actorId !== undefined) add(`${columns.actorId} = ?`, q.actorId);
+  if (q.type !== undefined) add(`${columns.type} = ?`, q.type);
+  if (q.from !== undefined) add('at >= ?', q.from);
+  if (q.to !== undefined) add('at < ?', q.to);
+  return { sql, params, add };
 }
 
 function escapeLike(s: string): string {

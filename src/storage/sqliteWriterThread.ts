@@ -1,12 +1,11 @@
 import { parentPort, workerData } from 'node:worker_threads';
-import type { CommitItem } from '../../actors/Store.js';
-import { SqliteWriter, openDatabase, prepareItem } from './SqliteStore.js';
+import { SqliteWriter, openDatabase, prepareCall } from './SqliteStore.js';
 
 /**
  * The writer thread of a `SqliteStore` in worker mode (started through sqliteWriterWorker.mjs):
- * it writes every commit, each batch it receives in one transaction, and answers with the
- * outcomes once they are durable. (The main thread's connection only makes rare writes: keys,
- * tenants, counters, outbox acknowledgements.)
+ * it writes every commit and every batch of refusal records, each batch it receives in one
+ * transaction, and answers with the outcomes once they are durable. (The main thread's
+ * connection only makes rare writes: keys, tenants, counters, outbox acknowledgements.)
  */
 const { path, synchronous, snapshotsKeep } = workerData as { path: string; synchronous: string; snapshotsKeep: number };
 const db = openDatabase(path, synchronous);
@@ -18,7 +17,7 @@ parentPort!.on('message', (m: { id: number; calls: string[] } | { close: true })
     process.exit(0);
   }
   try {
-    const calls = m.calls.map((json) => (JSON.parse(json) as CommitItem[]).map(prepareItem));
+    const calls = m.calls.map((json) => prepareCall(JSON.parse(json)));
     const results = writer.write(calls).map((r) => (r instanceof Error ? { error: r.message } : r));
     parentPort!.postMessage({ id: m.id, results });
   } catch (e) {

@@ -164,6 +164,12 @@ export class Dispatcher {
     });
     const taskId = stepTaskId(x.id, stepId, attempt, role);
     const origin: TaskOrigin = { executionId: x.id, stepId, attempt, role };
+    // Step tasks count against the tenant's quotas; one that does not fit fails its step.
+    const quota = await this.#app.quotas?.reserve(x.tenantId, { tasks: [taskId], activeTasks: [taskId], storage: true }).catch(async (e: unknown) => {
+      // A task created by an earlier dispatch is found again below, whatever the quota says now.
+      if (isProtocolError(e, 'QUOTA_EXCEEDED') && (await this.#app.store.getView(x.tenantId, 'task', taskId))) return undefined;
+      throw e;
+    });
     try {
       await this.#host.send(
         { tenant: x.tenantId, kind: 'task', id: taskId },
@@ -171,9 +177,12 @@ export class Dispatcher {
         { principal: x.createdBy, correlationId: x.id },
       );
     } catch (e) {
+      quota?.release(e);
       // Created by an earlier dispatch that did not get to report it: the same task, started once.
       if (!isProtocolError(e, 'ILLEGAL_TRANSITION')) throw e;
       this.#log.debug({ taskId }, 'step task already created');
+    } finally {
+      quota?.release();
     }
     return { stepId, attempt, taskId, input: parameters };
   }

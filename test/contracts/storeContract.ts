@@ -3,8 +3,10 @@ import * as assert from 'uvu/assert';
 import type {
   CommitItem,
   CommitOutcome,
+  EventPage,
   NewEvent,
   OutboxRecord,
+  RefusalRecord,
   Store,
   StoredEvent,
   TimerRecord,
@@ -107,6 +109,47 @@ async function seedViews(store: Store, views: ViewRecord[]): Promise<void> {
 }
 
 const ids = (views: { id: string }[]): string[] => views.map((v) => v.id);
+
+/** An event of `principal` at time `at`. */
+function act(id: string, type: string, at: number, principal: string): NewEvent {
+  return { id, type, data: { type, id }, meta: { at, principal, status: 'open' } };
+}
+
+function refusal(id: string, extra: Partial<RefusalRecord> = {}): RefusalRecord {
+  return {
+    id,
+    tenant: T,
+    at: 1_000,
+    lastAt: extra.at ?? 1_000,
+    principal: 'eve',
+    method: 'task.create',
+    code: 'FORBIDDEN',
+    reason: 'Only admin principals may create tasks.',
+    count: 1,
+    actorKind: null,
+    actorId: null,
+    correlationId: null,
+    ...extra,
+  };
+}
+
+/** The ids of a page of the audit trail, refusals marked with `!`. */
+const trail = (page: EventPage): string[] =>
+  page.items.map((i) => (i.outcome === 'accepted' ? i.event.id : `!${i.refusal.id}`));
+
+/** Every entry of the audit trail for `query`, read `pageSize` at a time. */
+async function allPages(store: Store, tenant: string, query: Parameters<Store['queryEvents']>[1], pageSize: number): Promise<string[]> {
+  const seen: string[] = [];
+  let cursor: string | undefined;
+  for (let i = 0; i < 100; i++) {
+    const page = await store.queryEvents(tenant, { ...query, limit: pageSize, cursor });
+    assert.ok(page.items.length <= pageSize);
+    seen.push(...trail(page));
+    if (page.nextCursor === null) return seen;
+    cursor = page.nextCursor;
+  }
+  throw new Error('pagination did not end');
+}
 
 /**
  * Builds and runs the uvu suite every {@link Store} adapter must pass. `setup` is called before
@@ -728,6 +771,133 @@ export function runStoreContract(name: string, setup: () => Promise<StoreFixture
     assert.equal(await store.getApiKey('k1'), { ...key('k1', T), revokedAt: 500 });
   });
 
+  // The audit trail
+
+  /** Events of tenant acme (and one of globex) by two principals at chosen times. */
+  const seedTrail = async (): Promise<void> => {
+    const outcomes = await store.commit([
+      item('task/t1', 0, [], { events: [act('e1', 'task.create', 1_000, 'ann'), act('e2', 'task.assign', 3_000, 'bob')], topics: [[], []] }),
+      item('task/t2', 0, [], { events: [act('e3', 'task.create', 2_000, 'ann')], topics: [[]] }),
+      item('agent/a1', 0, [], { events: [act('e4', 'agent.register', 3_000, 'ann')], topics: [[]] }),
+      item('task/g1', 0, [], { tenant: 'globex', events: [act('g1', 'task.create', 5_000, 'ann')], topics: [[]] }),
+    ]);
+    outcomes.forEach(ok);
+  };
+
+  test('queryEvents lists a tenant\'s events newest first, by time and then position, as stored', async () => {
+    await seedTrail();
+    const page = await store.queryEvents(T, {});
+    assert.equal(trail(page), ['e4', 'e2', 'e3', 'e1'], 'e4 and e2 share a millisecond: the later position first');
+    assert.is(page.nextCursor, null);
+    const stored = [...(await store.readStream('task/t1')), ...(await store.readStream('task/t2')), ...(await store.readStream('agent/a1'))];
+    for (const entry of page.items) {
+      assert.is(entry.outcome, 'accepted');
+      if (entry.outcome === 'accepted') assert.equal(entry.event, stored.find((e) => e.id === entry.event.id));
+    }
+    assert.equal(trail(await store.queryEvents('globex', {})), ['g1']);
+    assert.equal(trail(await store.queryEvents('nobody', {})), []);
+  });
+
+  test('queryEvents filters by kind, actor, principal, type and a time range that includes from and excludes to', async () => {
+    await seedTrail();
+    const q = async (query: Parameters<Store['queryEvents']>[1]) => trail(await store.queryEvents(T, query));
+    assert.equal(await q({ kind: 'task' }), ['e2', 'e3', 'e1']);
+    assert.equal(await q({ kind: 'task', actorId: 't1' }), ['e2', 'e1']);
+    assert.equal(await q({ actorId: 'a1' }), ['e4']);
+    assert.equal(await q({ principal: 'ann' }), ['e4', 'e3', 'e1']);
+    assert.equal(await q({ principal: 'bob' }), ['e2']);
+    assert.equal(await q({ type: 'task.create' }), ['e3', 'e1']);
+    assert.equal(await q({ principal: 'ann', type: 'task.create', kind: 'task' }), ['e3', 'e1']);
+    assert.equal(await q({ from: 2_000 }), ['e4', 'e2', 'e3']);
+    assert.equal(await q({ to: 2_000 }), ['e1']);
+    assert.equal(await q({ from: 2_000, to: 3_000 }), ['e3']);
+    assert.equal(await q({ from: 3_000, to: 3_000 }), []);
+    assert.equal(await q({ principal: 'nobody' }), []);
+    assert.equal(await q({ outcome: 'accepted' }), ['e4', 'e2', 'e3', 'e1']);
+    assert.equal(await q({ outcome: 'refused' }), []);
+  });
+
+  test('stores refusal records and lists them as refused among the events, events first within a millisecond', async () => {
+    await seedTrail();
+    const r1 = refusal('r1', { at: 3_000, lastAt: 3_400, count: 7, actorKind: 'task', actorId: 't1', correlationId: 'c1' });
+    const r2 = refusal('r2', { at: 1_500, principal: 'bob', method: 'task.cancel', code: 'RATE_LIMITED', reason: 'slow down' });
+    const g = refusal('g', { tenant: 'globex', at: 9_000 });
+    await store.appendRefusals([r1, r2, g]);
+    const page = await store.queryEvents(T, {});
+    assert.equal(trail(page), ['e4', 'e2', '!r1', 'e3', '!r2', 'e1']);
+    assert.equal(page.items[2], { outcome: 'refused', refusal: r1 });
+    assert.equal(trail(await store.queryEvents(T, { outcome: 'refused' })), ['!r1', '!r2']);
+    assert.equal(trail(await store.queryEvents(T, { outcome: 'accepted' })), ['e4', 'e2', 'e3', 'e1']);
+    assert.equal(trail(await store.queryEvents('globex', { outcome: 'refused' })), ['!g']);
+    const q = async (query: Parameters<Store['queryEvents']>[1]) => trail(await store.queryEvents(T, { outcome: 'refused', ...query }));
+    assert.equal(await q({ kind: 'task' }), ['!r1']);
+    assert.equal(await q({ actorId: 't1' }), ['!r1']);
+    assert.equal(await q({ principal: 'bob' }), ['!r2']);
+    assert.equal(await q({ type: 'task.cancel' }), ['!r2']);
+    assert.equal(await q({ from: 1_500, to: 3_000 }), ['!r2']);
+    assert.equal(await q({ from: 3_000 }), ['!r1']);
+    assert.equal(await q({ principal: 'ann' }), []);
+    assert.equal(trail(await store.queryEvents(T, { principal: 'bob' })), ['e2', '!r2']);
+  });
+
+  test('a refusal record with a stored id merges into it: counts add, lastAt is the later, a different actor is dropped', async () => {
+    const first = refusal('r1', { at: 1_000, lastAt: 1_200, count: 3, actorKind: 'task', actorId: 't1', correlationId: 'c1' });
+    await store.appendRefusals([first]);
+    await store.appendRefusals([refusal('r1', { at: 1_100, lastAt: 1_100, count: 2, actorKind: 'task', actorId: 't1', reason: 'later', correlationId: 'c2' })]);
+    const one = async () => (await store.queryEvents(T, {})).items.map((i) => (i.outcome === 'refused' ? i.refusal : null));
+    assert.equal(await one(), [{ ...first, count: 5 }], 'the first reason, time and correlation id stay');
+    await store.appendRefusals([refusal('r1', { at: 1_300, lastAt: 1_900, count: 1, actorKind: 'task', actorId: 't2' })]);
+    assert.equal(await one(), [{ ...first, count: 6, lastAt: 1_900, actorKind: null, actorId: null }]);
+    await store.appendRefusals([refusal('r1', { lastAt: 1_000, actorKind: 'task', actorId: 't1' }), refusal('r1', { lastAt: 1_000 })]);
+    assert.equal(await one(), [{ ...first, count: 8, lastAt: 1_900, actorKind: null, actorId: null }], 'an actor once dropped stays dropped');
+  });
+
+  test('appendRefusals refuses a malformed record and stores none of its call', async () => {
+    const bad: [Partial<RefusalRecord>, RegExp][] = [
+      [{ count: 0 }, /count/],
+      [{ count: 1.5 }, /count/],
+      [{ lastAt: 999 }, /lastAt/],
+      [{ at: Number.NaN }, /at must/],
+      [{ principal: 7 as unknown as string }, /principal/],
+      [{ actorId: 3 as unknown as string }, /actorId/],
+      [{ id: '' }, /id/],
+    ];
+    for (const [extra, pattern] of bad) {
+      await rejects(store.appendRefusals([refusal('good'), refusal('bad', extra)]), pattern);
+    }
+    assert.equal(trail(await store.queryEvents(T, {})), []);
+    await store.appendRefusals([]);
+    assert.equal(trail(await store.queryEvents(T, {})), []);
+  });
+
+  test('paginates the audit trail returning every entry exactly once in order, ties included', async () => {
+    const events = Array.from({ length: 9 }, (_, i) => act(`e${i}`, i % 2 ? 'task.update' : 'task.create', 1_000 + Math.floor(i / 3) * 100, i % 3 ? 'ann' : 'bob'));
+    ok((await store.commit([item('task/t1', 0, [], { events, topics: events.map(() => []) })]))[0]);
+    await store.appendRefusals(
+      Array.from({ length: 7 }, (_, i) => refusal(`r${i}`, { at: 1_000 + (i % 4) * 100, lastAt: 2_000, principal: i % 2 ? 'ann' : 'bob' })),
+    );
+    for (const query of [{}, { principal: 'ann' }, { outcome: 'refused' as const }, { outcome: 'accepted' as const }, { from: 1_100, to: 1_300 }]) {
+      const whole = trail(await store.queryEvents(T, { ...query, limit: 1000 }));
+      for (const size of [1, 2, 3, 5]) assert.equal(await allPages(store, T, query, size), whole, `pages of ${size} of ${JSON.stringify(query)}`);
+    }
+    const whole = trail(await store.queryEvents(T, { limit: 1000 }));
+    assert.is(whole.length, 16);
+    assert.equal(whole.slice(0, 7), ['!r3', 'e8', 'e7', 'e6', '!r6', '!r2', 'e5'], 'at 1200: events by position, then refusals by id');
+    const full = await store.queryEvents(T, { limit: 16 });
+    assert.is(full.nextCursor, null, 'the last full page has no nextCursor');
+  });
+
+  test('queryEvents pages default to 50, clamp to 1..1000, and refuse a cursor they did not issue', async () => {
+    const events = Array.from({ length: 60 }, (_, i) => act(`e${i}`, 'task.update', 1_000 + i, 'ann'));
+    ok((await store.commit([item('task/t1', 0, [], { events, topics: events.map(() => []) })]))[0]);
+    assert.is((await store.queryEvents(T, {})).items.length, 50);
+    assert.is((await store.queryEvents(T, { limit: 0 })).items.length, 1);
+    assert.is((await store.queryEvents(T, { limit: 5_000 })).items.length, 60);
+    for (const cursor of ['not a cursor!', 'eyJ4IjoxfQ', Buffer.from(JSON.stringify([1, 'zzz'])).toString('base64url')]) {
+      await rejects(store.queryEvents(T, { cursor }), /invalid cursor/);
+    }
+  });
+
   // Isolation and lifecycle
 
   test('callers cannot change stored state through inputs or results', async () => {
@@ -746,6 +916,14 @@ export function runStoreContract(name: string, setup: () => Promise<StoreFixture
     v.doc.mutated = true;
     assert.equal((await store.getView(T, 'task', 't1'))!.doc, view('t1').doc);
     assert.equal((await store.dueTimers(10, 1))[0]!.event, timer('task/t1', 'x', 1).event);
+    const r = refusal('r1');
+    const appended = store.appendRefusals([r]);
+    r.count = 99;
+    await appended;
+    const [entry] = (await store.queryEvents(T, { outcome: 'refused' })).items;
+    assert.equal(entry, { outcome: 'refused', refusal: refusal('r1') });
+    if (entry?.outcome === 'refused') entry.refusal.count = 42;
+    assert.equal((await store.queryEvents(T, { outcome: 'refused' })).items[0], { outcome: 'refused', refusal: refusal('r1') });
   });
 
   test('ping resolves while open', async () => {
@@ -758,6 +936,8 @@ export function runStoreContract(name: string, setup: () => Promise<StoreFixture
     await store.close();
     await rejects(store.commit([item('task/t1', 1, ['e2'])]), /closed/);
     await rejects(store.ping(), /closed/);
+    await rejects(store.appendRefusals([refusal('r1')]), /closed/);
+    await rejects(store.queryEvents(T, {}), /closed/);
   });
 
   test.run();

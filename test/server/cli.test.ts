@@ -209,6 +209,18 @@ test('loadConfig has documented defaults', () => {
     bootstrap: true,
     leaseSeconds: 60,
     defaultStrategy: 'least_loaded',
+    redisUrl: undefined,
+    maxJsonDepth: 32,
+    maxStringLength: 1_000_000,
+    idleConnectionMs: 600_000,
+    maxMailbox: 1_000,
+    tenantConcurrency: 256,
+    tenantQueue: 1_024,
+    storeTimeoutMs: 5_000,
+    storeCommitTimeoutMs: 10_000,
+    storeBreakerFailures: 5,
+    storeBreakerHalfOpenMs: 2_000,
+    quotaLimits: { tasks: null, active_tasks: null, workflow_executions_per_day: null, stored_bytes: null, workspaces: null, members_per_workspace: null },
   });
 });
 
@@ -243,6 +255,7 @@ test('loadConfig reads the environment, and flags win over it', () => {
   assert.is(loadConfig([], { TROUPE_STORE: 'sqlite:/x.db' }).store, 'sqlite:/x.db');
   assert.is(loadConfig(['--port=0'], {}).port, 0, 'port 0 picks a free port');
   assert.is(loadConfig([], { TROUPE_BOOTSTRAP: 'true' }).bootstrap, true);
+  assert.is(loadConfig([], { TROUPE_REDIS_URL: 'redis://10.0.0.5:6379/2' }).redisUrl, 'redis://10.0.0.5:6379/2');
 });
 
 test('loadConfig refuses bad numbers and bad settings, naming them', () => {
@@ -260,6 +273,7 @@ test('loadConfig refuses bad numbers and bad settings, naming them', () => {
     [[], { TROUPE_IDLE_MS: 'soon' }, /TROUPE_IDLE_MS/],
     [[], { TROUPE_MAX_BUFFERED_BYTES: '1.5' }, /TROUPE_MAX_BUFFERED_BYTES/],
     [[], { TROUPE_SQLITE_SYNC: 'OFF' }, /TROUPE_SQLITE_SYNC/],
+    [[], { TROUPE_REDIS_URL: 'localhost:6379' }, /TROUPE_REDIS_URL must be a redis:\/\/ or rediss:\/\/ URL/],
   ];
   for (const [argv, env, why] of bad) {
     assert.throws(() => loadConfig(argv, env), why, `${argv.join(' ')} ${JSON.stringify(env)}`);

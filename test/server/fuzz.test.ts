@@ -89,6 +89,14 @@ const READ_METHODS: MethodName[] = [
   'execution.nextSteps',
   'execution.stepStatus',
   'execution.trace',
+  'fieldPolicy.get',
+  'ratelimit.get',
+  'ratelimit.status',
+  'quota.get',
+  'quota.status',
+  'audit.query',
+  'events.read',
+  'events.replay',
 ];
 const WRITE_METHODS = ALL_METHODS.filter((m) => !READ_METHODS.includes(m) && m !== 'session.authenticate');
 /** The param naming the actor a write acts on (writes without one create something new). */
@@ -405,8 +413,19 @@ function expectedEntry(e: unknown): ExpectedReply | null {
   if (params !== undefined && !isObj(params)) return invalid([rid], ErrorCodes.INVALID_PARAMS);
   if (!hasId) return null;
   if (!isMethodName(method)) return invalid([rid], ErrorCodes.METHOD_NOT_FOUND);
-  const ok = MethodSchemas[method].safeParse(params ?? {}).success;
+  // The input guard strips control characters before validation (and its refusals are INVALID_PARAMS too).
+  const ok = MethodSchemas[method].safeParse(withoutControls(params ?? {})).success;
   return ok ? { ids: [rid], method } : { ids: [rid], code: ErrorCodes.INVALID_PARAMS, method };
+}
+
+/** A copy with C0 control characters (but tab, newline, carriage return) and DEL removed from every string. */
+function withoutControls(v: unknown): unknown {
+  if (typeof v === 'string') return v.replace(/[\u0000-\u0008\u000B\u000C\u000E-\u001F\u007F]/g, '');
+  if (Array.isArray(v)) return v.map(withoutControls);
+  if (!isObj(v)) return v;
+  const out: Json = {};
+  for (const k of Object.keys(v)) defineOwn(out, k, withoutControls(v[k]));
+  return out;
 }
 
 // ---------------------------------------------------------------------------------------------

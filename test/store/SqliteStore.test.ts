@@ -4,7 +4,7 @@ import path from 'node:path';
 import Database from 'better-sqlite3';
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
-import type { CommitItem, Store } from '../../actors/Store.js';
+import type { CommitItem, CommitOutcome, Store } from '../../actors/Store.js';
 import { SqliteStore } from '../../src/storage/SqliteStore.js';
 import { runStoreContract } from '../contracts/storeContract.js';
 
@@ -49,6 +49,11 @@ function item(
     topics: eventIds.map(() => ['all']),
     ...extra,
   };
+}
+
+/** Asserts that every item of a commit succeeded. */
+function ok(outcomes: CommitOutcome[]): void {
+  for (const o of outcomes) if (!o.ok) throw new Error(`commit refused: ${JSON.stringify(o)}`);
 }
 
 async function commitOk(store: Store, items: CommitItem[]): Promise<number[]> {
@@ -208,6 +213,78 @@ durability('upgrades a version 1 file, numbering its events per tenant', async (
   const [outcome] = await store.commit([item('task/t9', 0, ['a3'])]);
   assert.equal(outcome, { ok: true, positions: [3], feedPositions: [4] });
   await store.close();
+});
+
+durability('upgrades a version 2 file: its events are filed by time and principal for the audit trail', async () => {
+  // The version 2 layout of the events table: time and principal only inside meta.
+  const raw = new Database(file);
+  raw.exec(`
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    INSERT INTO meta VALUES ('schema_version', '2');
+    CREATE TABLE events (
+      position INTEGER PRIMARY KEY AUTOINCREMENT, tenant_position INTEGER NOT NULL, id TEXT NOT NULL UNIQUE,
+      stream TEXT NOT NULL, version INTEGER NOT NULL, tenant TEXT NOT NULL, kind TEXT NOT NULL,
+      actor_id TEXT NOT NULL, type TEXT NOT NULL, data TEXT NOT NULL, meta TEXT NOT NULL, UNIQUE (stream, version));
+    CREATE TABLE tenant_positions (tenant TEXT PRIMARY KEY, value INTEGER NOT NULL);
+    CREATE TABLE streams (
+      stream TEXT PRIMARY KEY, tenant TEXT NOT NULL, kind TEXT NOT NULL, actor_id TEXT NOT NULL,
+      version INTEGER NOT NULL, epoch INTEGER NOT NULL);`);
+  const insert = raw.prepare(`INSERT INTO events (tenant_position, id, stream, version, tenant, kind, actor_id, type, data, meta)
+    VALUES (?, ?, ?, ?, ?, 'task', ?, 'task.create', '{"type":"task.create"}', ?)`);
+  insert.run(1, 'a1', 'task/t1', 1, 'acme', 't1', '{"at":1000,"principal":"ann"}');
+  insert.run(1, 'g1', 'task/g1', 1, 'globex', 'g1', '{"at":1500,"principal":"ann"}');
+  insert.run(2, 'a2', 'task/t1', 2, 'acme', 't1', '{"at":2000,"principal":"bob"}');
+  insert.run(3, 'a3', 'task/t1', 3, 'acme', 't1', '{"principal":7}');
+  raw.exec(`INSERT INTO tenant_positions VALUES ('acme', 3), ('globex', 1);
+    INSERT INTO streams VALUES ('task/t1', 'acme', 'task', 't1', 3, 1), ('task/g1', 'globex', 'task', 'g1', 1, 1);`);
+  raw.close();
+
+  const store = openStore();
+  const trail = async (q: Parameters<Store['queryEvents']>[1]) =>
+    (await store.queryEvents('acme', q)).items.map((i) => (i.outcome === 'accepted' ? i.event.id : i.refusal.id));
+  assert.equal(await trail({}), ['a2', 'a1', 'a3'], 'newest first; an event without a time is filed at 0');
+  assert.equal(await trail({ principal: 'ann' }), ['a1']);
+  assert.equal(await trail({ principal: 'bob', from: 2000 }), ['a2']);
+  // New events and refusal records land in the upgraded file.
+  ok(await store.commit([item('task/t1', 3, ['a4'])]));
+  await store.appendRefusals([{
+    id: 'r1', tenant: 'acme', at: 5, lastAt: 5, principal: 'eve', method: 'task.create', code: 'FORBIDDEN', reason: 'no',
+    count: 2, actorKind: null, actorId: null, correlationId: null,
+  }]);
+  assert.equal(await trail({ principal: 'ann' }), ['a1', 'a4']);
+  assert.equal(await trail({ outcome: 'refused' }), ['r1']);
+  await store.close();
+
+  const check = new Database(file, { readonly: true });
+  assert.is(check.prepare("SELECT value FROM meta WHERE key = 'schema_version'").pluck().get(), '3');
+  const indexes = check.prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND name NOT LIKE 'sqlite_%' ORDER BY name").pluck().all();
+  for (const name of ['events_tenant_at', 'events_tenant_principal', 'refusals_at', 'refusals_principal']) {
+    assert.ok(indexes.includes(name), `index ${name} exists`);
+  }
+  check.close();
+  // Opening again changes nothing.
+  const again = openStore();
+  assert.is((await again.queryEvents('acme', {})).items.length, 5);
+});
+
+durability('the audit trail reads through the tenant+time and tenant+principal indexes without sorting', async () => {
+  const store = openStore();
+  // better-sqlite3 has no hook for the statements a store runs: read SQLite's plan of each shape.
+  const raw = new Database(file, { readonly: true });
+  const plan = (sql: string, n: number) =>
+    raw.prepare(`EXPLAIN QUERY PLAN ${sql}`).all(...Array.from({ length: n }, () => 1)).map((r) => (r as { detail: string }).detail).join('; ');
+  const byTime = plan(`SELECT * FROM events WHERE tenant = ? AND at >= ? AND at <= ? AND (at < ? OR tenant_position < ?)
+    ORDER BY at DESC, tenant_position DESC LIMIT 5`, 5);
+  assert.match(byTime, /SEARCH events USING INDEX events_tenant_at/);
+  const byPrincipal = plan(`SELECT * FROM events INDEXED BY events_tenant_principal WHERE tenant = ? AND principal = ?
+    AND at >= ? AND at < ? ORDER BY at DESC, tenant_position DESC LIMIT 5`, 4);
+  assert.match(byPrincipal, /SEARCH events USING INDEX events_tenant_principal/);
+  const refusals = plan(`SELECT * FROM refusals WHERE tenant = ? AND at <= ? AND (at < ? OR id < ?) ORDER BY at DESC, id DESC LIMIT 5`, 4);
+  assert.match(refusals, /SEARCH refusals USING INDEX refusals_at/);
+  for (const p of [byTime, byPrincipal, refusals]) assert.not.match(p, /TEMP B-TREE/);
+  raw.close();
+  // The store runs these shapes: a filter by principal and time answers through it.
+  assert.equal((await store.queryEvents('acme', { principal: 'ann', from: 1, to: 2 })).items, []);
 });
 
 durability('refuses invalid options with a precise error', () => {

@@ -101,6 +101,7 @@ export class AuditRecorder {
         p.record.lastAt = Math.max(p.record.lastAt, now);
         if (targetKey !== p.target) p.record.actorKind = p.record.actorId = null;
       } else {
+        if (this.#pending.size >= this.#maxPending) this.#forgetWritten(now);
         if (this.#pending.size >= this.#maxPending) {
           this.#dropped++;
           this.#droppedUnlogged++;
@@ -152,7 +153,10 @@ export class AuditRecorder {
     this.#timer = setTimeout(() => {
       this.#timer = null;
       void this.#write(false).finally(() => {
-        if (this.#pending.size > 0) this.#schedule();
+        // Records fully written wait for the next pass to be forgotten; no need to wake up for them.
+        for (const p of this.#pending.values()) {
+          if (p.unwritten > 0) return this.#schedule();
+        }
       });
     }, this.#flushMs);
     // Audit writes must not keep a stopping process alive.
@@ -196,6 +200,13 @@ export class AuditRecorder {
         this.#writing = null;
       });
     return this.#writing;
+  }
+
+  /** Drops records whose window closed and whose count is all written. */
+  #forgetWritten(now: number): void {
+    for (const p of this.#pending.values()) {
+      if (p.unwritten === 0 && p.stored && now >= p.windowEnd) this.#pending.delete(p.key);
+    }
   }
 
   /** Puts a failed batch back for another try, or gives it up. */

@@ -118,6 +118,8 @@ interface TaskCounts extends Seeded {
 /** Executions started in the last 24 hours, by id (ids make counting idempotent). */
 interface ExecutionCounts extends Seeded {
   started: Map<string, number>;
+  /** The earliest start in `started`, so forgetting old ones costs nothing until one is due. */
+  oldest: number;
 }
 
 /** Bytes of the tenant's events on its feed up to and after position `through`. */
@@ -287,8 +289,7 @@ export class Quotas {
     const reserved = this.#reserved(t, r);
     const data: QuotaExceededData = { resource: r, limit, used: held, requested };
     if (r === 'workflow_executions_per_day') {
-      let oldest = Number.POSITIVE_INFINITY;
-      for (const at of t.executions.started.values()) oldest = Math.min(oldest, at);
+      const oldest = t.executions.oldest;
       if (Number.isFinite(oldest)) data.retryAfterMs = Math.max(0, oldest + DAY_MS - this.#now());
     }
     const inFlight = reserved > 0 ? ` (${reserved} of them still being created)` : '';
@@ -308,7 +309,7 @@ export class Quotas {
         doc: null,
         loading: null,
         tasks: seeded({ total: 0, active: new Set<string>(), from: 0, to: 0 }),
-        executions: seeded({ started: new Map<string, number>() }),
+        executions: seeded({ started: new Map<string, number>(), oldest: Number.POSITIVE_INFINITY }),
         bytes: seeded({ bytes: 0, through: 0 }),
         reserved: { tasks: new Set(), active: new Set(), executions: new Set() },
         signalling: new Set(),
@@ -402,9 +403,21 @@ export class Quotas {
 
   /** Executions started in the last 24 hours; forgets older ones. */
   #recentExecutions(t: TenantQuota): number {
+    const c = t.executions;
     const since = this.#now() - DAY_MS;
-    for (const [id, at] of t.executions.started) if (at <= since) t.executions.started.delete(id);
-    return t.executions.started.size;
+    if (c.oldest <= since) {
+      c.oldest = Number.POSITIVE_INFINITY;
+      for (const [id, at] of c.started) {
+        if (at <= since) c.started.delete(id);
+        else c.oldest = Math.min(c.oldest, at);
+      }
+    }
+    return c.started.size;
+  }
+
+  #started(c: Pick<ExecutionCounts, 'started' | 'oldest'>, id: string, at: number): void {
+    c.started.set(id, at);
+    c.oldest = Math.min(c.oldest, at);
   }
 
   /** Seeds (or seeds again) the counters behind the resources. */
@@ -413,9 +426,16 @@ export class Quotas {
     const want = new Set(resources.map((r) => this.#counter(t, r)).filter((c): c is Seeded => c !== null));
     for (const c of want) {
       if (c.ready && !c.dirty) continue;
-      c.seeding ??= (c === t.tasks ? this.#seedTasks(t) : c === t.executions ? this.#seedExecutions(t) : this.#seedBytes(t)).finally(() => {
-        c.seeding = null;
-      });
+      c.seeding ??= (c === t.tasks ? this.#seedTasks(t) : c === t.executions ? this.#seedExecutions(t) : this.#seedBytes(t))
+        .catch((e: unknown) => {
+          // The store failed mid-count: stop buffering, and count again at the next use.
+          c.buffer = null;
+          c.dirty = true;
+          throw e;
+        })
+        .finally(() => {
+          c.seeding = null;
+        });
       jobs.push(c.seeding);
     }
     await Promise.all(jobs);
@@ -510,17 +530,19 @@ export class Quotas {
     const store = this.#host.store;
     c.dirty = false;
     c.buffer = [];
-    const started = new Map<string, number>();
+    // Built aside: the counts in use stay as they are until the new ones are complete.
+    const next: Pick<ExecutionCounts, 'started' | 'oldest'> = { started: new Map(), oldest: Number.POSITIVE_INFINITY };
     let cursor: string | undefined;
     do {
       const page = await store.queryViews(t.tenant, 'execution', { createdAfter: this.#now() - DAY_MS - 1, limit: 1000, cursor });
-      for (const v of page.items) started.set(v.id, v.createdAt);
+      for (const v of page.items) this.#started(next, v.id, v.createdAt);
       cursor = page.nextCursor ?? undefined;
     } while (cursor);
     // Keyed by id, so an execution both read and buffered counts once.
-    for (const b of c.buffer) if (b.event.kind === 'execution' && b.event.type === 'execution.start') started.set(b.event.actorId, b.event.meta.at);
+    for (const b of c.buffer) if (b.event.kind === 'execution' && b.event.type === 'execution.start') this.#started(next, b.event.actorId, b.event.meta.at);
     c.buffer = null;
-    c.started = started;
+    c.started = next.started;
+    c.oldest = next.oldest;
     c.ready = true;
   }
 
@@ -579,7 +601,7 @@ export class Quotas {
       const c = t.executions;
       if (c.buffer) c.buffer.push(b);
       else if (c.ready) {
-        c.started.set(e.actorId, e.meta.at);
+        this.#started(c, e.actorId, e.meta.at);
         changed.push('workflow_executions_per_day');
       }
     }

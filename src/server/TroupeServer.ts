@@ -306,6 +306,8 @@ export class TroupeServer {
         this.#http.closeAllConnections();
       });
       await this.host.close();
+      // Refusals of the last moments are written before the store closes.
+      await this.app.audit?.flush();
       await this.app.rateLimits?.close();
       await this.app.store.close();
     })();

@@ -73,6 +73,7 @@ const READS = new Set<string>([
   'listTenants',
   'getApiKey',
   'listApiKeys',
+  'queryEvents',
 ]);
 
 /** Methods passed straight through: closing must flush, not be cut short or refused. */

@@ -388,9 +388,10 @@ recorder('aggregates by principal, method and reason per window, writing a recor
   for (const r of calls.flat()) writes.set(r.id, (writes.get(r.id) ?? 0) + 1);
   assert.ok([...writes.values()].every((n) => n <= 2), JSON.stringify([...writes]));
   assert.equal(audit.stats(), { pending: 1, dropped: 0, written: calls.flat().length });
-  // Once its window closes, nothing is left in memory.
+  // Once its window closes, the next pass forgets it.
   clock.advance(1000);
-  await waitFor(() => audit.stats().pending === 0);
+  await audit.flush();
+  assert.is(audit.stats().pending, 0);
   assert.is(calls.length, 2, 'a record with nothing left to count is not written again');
 });
 
@@ -411,11 +412,16 @@ recorder('ignores other errors and principals it cannot name, and never throws',
 
 recorder('holds a bounded number of records and counts the attempts it had to drop', async () => {
   const store = new MemoryStore();
-  const audit = new AuditRecorder({ store, now: fakeClock().now, maxPending: 10, flushMs: 60_000 });
+  const clock = fakeClock();
+  const audit = new AuditRecorder({ store, now: clock.now, maxPending: 10, flushMs: 60_000 });
   for (let i = 0; i < 50; i++) audit.refused({ ...ann, principalId: `p${i}` }, 'task.create', {}, forbidden);
   assert.equal(audit.stats(), { pending: 10, dropped: 40, written: 0 });
   await audit.flush();
   assert.is((await store.queryEvents('acme', {})).items.length, 10);
+  // Written records of closed windows make room for new ones.
+  clock.advance(1000);
+  audit.refused({ ...ann, principalId: 'late' }, 'task.create', {}, forbidden);
+  assert.equal(audit.stats(), { pending: 1, dropped: 40, written: 10 });
 });
 
 recorder('a failing store neither fails nor delays the refused call; attempts are retried, then dropped and logged', async () => {

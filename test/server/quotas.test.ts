@@ -5,10 +5,12 @@ import { ErrorCodes, type ProtocolError } from '../../protocol/errors.js';
 import type { ActorEvent } from '../../protocol/model.js';
 import type { QuotaResource, QuotaUsage } from '../../protocol/quotas.js';
 import { loadConfig } from '../../src/config.js';
+import { MemoryStore } from '../../src/storage/MemoryStore.js';
 import { fakeClock } from '../helpers/clock.js';
 import { refusal } from '../helpers/errors.js';
 import { executionWhen, stepTask } from '../helpers/executions.js';
 import { sqliteStore, startServer, tempDir, type TestServer } from '../helpers/server.js';
+import { interceptStore } from '../helpers/stores.js';
 import { waitFor } from '../helpers/waitFor.js';
 import { registerAgents } from '../helpers/work.js';
 
@@ -401,6 +403,57 @@ test('server defaults (TROUPE_QUOTA_*) apply to tenants that set nothing; a tena
     await a.lead.call('quota.set', { limits: { tasks: null } });
     await create(a.worker);
     assert.is((await usage(a.eye, 'tasks')).limit, null);
+  } finally {
+    await ts.close();
+  }
+});
+
+test('a first count taken while tasks are created is taken again until it is consistent', async () => {
+  let ts: TestServer | null = null;
+  let injected = 0;
+  const store = interceptStore(new MemoryStore(), {
+    async statsViews(inner, tenant, kind, query) {
+      const stats = await inner(tenant, kind, query);
+      // Right after the count is read, and before it is finished, another task appears.
+      if (tenant === 'racy' && kind === 'task' && injected < 2) {
+        injected++;
+        const id = `injected-${injected}`;
+        await ts!.server.host.send({ tenant, kind: 'task', id }, { type: 'task.create', taskType: 'job', title: id, id, tenantId: tenant }, { principal: 'lead' });
+      }
+      return stats;
+    },
+  });
+  ts = await startServer({ store });
+  try {
+    const t = await team(ts, 'racy');
+    await create(t.worker);
+    const u = await usage(t.eye, 'tasks');
+    assert.is(injected, 2, 'the first two counts were disturbed');
+    assert.equal([u.used, (await t.eye.call('task.stats', {})).total], [3, 3]);
+    assert.is((await usage(t.eye, 'active_tasks')).used, 3);
+  } finally {
+    await ts.close();
+  }
+});
+
+test('a create whose write outcome is unknown makes the tenant be counted again, so use does not drift', async () => {
+  const store = interceptStore(new MemoryStore(), {
+    async commit(inner, items) {
+      const out = await inner(items);
+      // The write lands, but the caller is never told.
+      if (items.some((i) => i.events.some((e) => e.data.title === 'lost'))) throw new Error('connection reset');
+      return out;
+    },
+  });
+  const ts = await startServer({ store });
+  try {
+    const t = await team(ts, 'lossy');
+    await t.lead.call('quota.set', { limits: { tasks: 2 } });
+    await create(t.worker);
+    const e = await refusal(create(t.worker, 'lost'), ErrorCodes.UNAVAILABLE);
+    assert.is(e.data.outcome, 'unknown');
+    assert.equal([(await usage(t.eye, 'tasks')).used, (await t.eye.call('task.stats', {})).total], [2, 2]);
+    quotaError(await refusal(create(t.worker)), 'tasks', 2, 2);
   } finally {
     await ts.close();
   }

@@ -1,5 +1,5 @@
 import { SpanStatusCode, trace, type Tracer } from '@opentelemetry/api';
-import { createActor, getNextTransitions, type Actor, type AnyStateMachine, type SnapshotFrom } from 'xstate';
+import { createActor, getNextTransitions, type Actor, type AnyStateMachine, type InspectionEvent, type SnapshotFrom } from 'xstate';
 import { ProtocolError, isProtocolError } from '../protocol/errors.js';
 import type { Effect } from '../machines/effects.js';
 import { uuidv7 } from './uuidv7.js';
@@ -79,6 +79,15 @@ export interface ActorHostOptions {
   onPassivated?: (kind: string) => void;
   /** Called with how long each store commit took to resolve or fail, in seconds (for metrics). */
   onStoreCommit?: (seconds: number) => void;
+  /**
+   * Called with XState's inspection events of every actor and the actor's address: an
+   * `@xstate.actor` once the actor is activated (after the replay of its stored events, which is
+   * not reported), then `@xstate.event`, `@xstate.microstep`, `@xstate.action` and
+   * `@xstate.snapshot` as it handles each accepted event (before the commit; a refused commit
+   * reloads the actor, reported as a new activation), and a `stopped` snapshot when it leaves
+   * memory. Unset (default): actors are created without inspection and nothing is paid.
+   */
+  inspect?: (event: InspectionEvent, address: ActorAddress) => void;
 }
 
 /** Thrown (internally) when a turn's idempotency key was claimed first by another turn. */
@@ -366,13 +375,24 @@ export class ActorHost {
     const lease = await this.#ownership.acquire(cell.stream);
     const fresh = cell.fresh;
     cell.fresh = false;
-    const snap = fresh ? undefined : await this.store.loadSnapshot(cell.stream);
-    const events = fresh ? [] : await this.store.readStream(cell.stream, snap?.version ?? 0);
+    const { snap, events } = fresh ? { snap: undefined, events: [] } : await this.#read(cell.stream);
     const machine = cell.kind.machine;
-    const actor = createActor(machine, snap ? { snapshot: snap.state as never } : {});
+    const inspect = this.#opts.inspect;
+    let replayed = false;
+    // XState calls inspectors inside the transition: a failing one must not fail the turn.
+    const observe = (e: InspectionEvent) => {
+      try {
+        if (replayed) inspect!(e, cell.address);
+      } catch {
+        /* the inspector reports its own failures */
+      }
+    };
+    const actor = createActor(machine, { ...(snap ? { snapshot: snap.state as never } : {}), ...(inspect ? { inspect: observe } : {}) });
     actor.on('*', (fx: Effect) => cell.captured?.push(fx));
     actor.start();
     for (const e of events) actor.send(e.data as never);
+    replayed = true;
+    if (inspect) observe({ type: '@xstate.actor', actorRef: actor, rootId: actor.sessionId });
     cell.actor = actor;
     cell.version = events.length > 0 ? events[events.length - 1]!.version : (snap?.version ?? 0);
     cell.epoch = lease.epoch;
@@ -532,6 +552,24 @@ export class ActorHost {
       ...patch,
     });
     if (!outcome!.ok) cell.stale = true;
+  }
+
+  /** An actor's latest snapshot and the events after it, inside a `store.read` span. */
+  #read(stream: string): Promise<{ snap: Awaited<ReturnType<Store['loadSnapshot']>>; events: StoredEvent[] }> {
+    return this.#tracer.startActiveSpan('store.read', { attributes: { stream } }, async (span) => {
+      try {
+        const snap = await this.store.loadSnapshot(stream);
+        const events = await this.store.readStream(stream, snap?.version ?? 0);
+        span.setAttributes({ snapshotVersion: snap?.version ?? 0, events: events.length });
+        return { snap, events };
+      } catch (e) {
+        span.recordException(e as Error);
+        span.setStatus({ code: SpanStatusCode.ERROR, message: (e as Error).message });
+        throw e;
+      } finally {
+        span.end();
+      }
+    });
   }
 
   /** Commits one item, timed and inside a `store.commit` span. */

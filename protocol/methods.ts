@@ -2,11 +2,14 @@ import { z } from 'zod';
 import { Aggregations, AgentStatuses, AssignmentStrategies, CompletionModes, Coordinations, TaskPriorities, TaskStatuses } from './model.js';
 import type { Agent, ActorEvent, AgentPerformance, AssignmentStrategy, DelegationKind, Page, Principal, Task, TaskTree } from './model.js';
 import { RuleMethodDescriptions, RuleMethodSchemas, type RuleMethodResults } from './rules.js';
+import { DocumentMethodDescriptions, DocumentMethodSchemas, type DocumentMethodResults } from './documents.js';
 import { RateLimitMethodDescriptions, RateLimitMethodSchemas, type RateLimitMethodResults } from './ratelimits.js';
 import { QuotaMethodDescriptions, QuotaMethodSchemas, type QuotaMethodResults } from './quotas.js';
 import { AuditMethodDescriptions, AuditMethodSchemas, type AuditMethodResults } from './audit.js';
 import { FieldPolicyMethodDescriptions, FieldPolicyMethodSchemas, type FieldPolicyMethodResults } from './fieldPolicy.js';
 import { WorkflowMethodDescriptions, WorkflowMethodSchemas, type WorkflowMethodResults } from './workflows.js';
+import { WorkspaceMethodDescriptions, WorkspaceMethodSchemas, type WorkspaceMethodResults } from './workspaces.js';
+import { InspectMethodDescriptions, InspectMethodSchemas, type InspectMethodResults } from './inspect.js';
 import { Id } from './ids.js';
 
 /**
@@ -200,11 +203,14 @@ export const MethodSchemas = {
   }),
 
   ...RuleMethodSchemas,
+  ...DocumentMethodSchemas,
   ...WorkflowMethodSchemas,
   ...RateLimitMethodSchemas,
   ...QuotaMethodSchemas,
   ...AuditMethodSchemas,
   ...FieldPolicyMethodSchemas,
+  ...WorkspaceMethodSchemas,
+  ...InspectMethodSchemas,
 } as const;
 
 /** Every method name. */
@@ -219,11 +225,14 @@ export type BatchItem<T> = { ok: true; value: T } | { ok: false; error: { code: 
 /** Result type of every method (for the typed client). */
 export interface MethodResults
   extends RuleMethodResults,
+    DocumentMethodResults,
     WorkflowMethodResults,
     RateLimitMethodResults,
     QuotaMethodResults,
     AuditMethodResults,
-    FieldPolicyMethodResults {
+    FieldPolicyMethodResults,
+    WorkspaceMethodResults,
+    InspectMethodResults {
   'session.authenticate': Principal;
   'session.whoami': Principal & { connectionId: string };
   ping: { pong: true; time: string };
@@ -326,11 +335,14 @@ export const MethodDescriptions: Record<MethodName, string> = {
   'task.tree': 'A task with its subtasks, recursively.',
   'task.cancelTree': 'Cancel a task and every unfinished task below it.',
   ...RuleMethodDescriptions,
+  ...DocumentMethodDescriptions,
   ...WorkflowMethodDescriptions,
   ...RateLimitMethodDescriptions,
   ...QuotaMethodDescriptions,
   ...AuditMethodDescriptions,
   ...FieldPolicyMethodDescriptions,
+  ...WorkspaceMethodDescriptions,
+  ...InspectMethodDescriptions,
 };
 
 /** True if `name` is a method of the catalogue. */

@@ -81,6 +81,20 @@ export interface Config {
    * Default: unset, which is null (unlimited).
    */
   quotaLimits: Record<QuotaResource, number | null>;
+  /**
+   * Limits of workspace documents (state and shared documents): `maxBytes` (`TROUPE_DOC_MAX_BYTES`,
+   * default 5 MiB: its last compacted save plus the changes since), `maxChangesPerSecond`
+   * (`TROUPE_DOC_MAX_CHANGES_PER_SECOND`, default 200 per document), `maxOpsPerCall`
+   * (`TROUPE_DOC_MAX_OPS`, default 1 000 ops, patch operations, splices or changes per call),
+   * `compactEvery` (`TROUPE_DOC_COMPACT_EVERY`, default 500 Automerge changes between compacted
+   * saves) and `maxLoaded` (`TROUPE_DOC_CACHE`, default 500 documents kept in memory).
+   */
+  documents: { maxBytes: number; maxChangesPerSecond: number; maxOpsPerCall: number; compactEvery: number; maxLoaded: number };
+  /**
+   * WebSocket URL (`ws://` or `wss://`) of a Stately inspector to stream live actors to
+   * (`TROUPE_STATELY_INSPECT_URL`), e.g. the relay of `@statelyai/inspect/server`. Unset (default): off.
+   */
+  statelyInspectUrl?: string;
 }
 
 function int(v: string | undefined, fallback: number, name: string, max = Number.MAX_SAFE_INTEGER, min = 0): number {
@@ -104,6 +118,12 @@ function quotaLimits(env: NodeJS.ProcessEnv): Record<QuotaResource, number | nul
 function redisUrl(v: string | undefined): string | undefined {
   if (v === undefined || v === '') return undefined;
   if (!/^rediss?:\/\/[^\s]+$/.test(v)) throw new Error(`TROUPE_REDIS_URL must be a redis:// or rediss:// URL, got "${v}"`);
+  return v;
+}
+
+function statelyInspectUrl(v: string | undefined): string | undefined {
+  if (v === undefined || v === '') return undefined;
+  if (!/^wss?:\/\/[^\s]+$/.test(v) || !URL.canParse(v)) throw new Error(`TROUPE_STATELY_INSPECT_URL must be a ws:// or wss:// URL, got "${v}"`);
   return v;
 }
 
@@ -161,5 +181,13 @@ export function loadConfig(argv: string[] = process.argv.slice(2), env: NodeJS.P
     storeBreakerFailures: int(env.TROUPE_STORE_BREAKER_FAILURES, 5, 'TROUPE_STORE_BREAKER_FAILURES', 1_000_000, 1),
     storeBreakerHalfOpenMs: int(env.TROUPE_STORE_BREAKER_HALF_OPEN_MS, 2_000, 'TROUPE_STORE_BREAKER_HALF_OPEN_MS', 2_147_483_647, 1),
     quotaLimits: quotaLimits(env),
+    documents: {
+      maxBytes: int(env.TROUPE_DOC_MAX_BYTES, 5 * 1024 * 1024, 'TROUPE_DOC_MAX_BYTES', Number.MAX_SAFE_INTEGER, 1024),
+      maxChangesPerSecond: int(env.TROUPE_DOC_MAX_CHANGES_PER_SECOND, 200, 'TROUPE_DOC_MAX_CHANGES_PER_SECOND', 1_000_000, 1),
+      maxOpsPerCall: int(env.TROUPE_DOC_MAX_OPS, 1_000, 'TROUPE_DOC_MAX_OPS', 10_000, 1),
+      compactEvery: int(env.TROUPE_DOC_COMPACT_EVERY, 500, 'TROUPE_DOC_COMPACT_EVERY', 1_000_000, 1),
+      maxLoaded: int(env.TROUPE_DOC_CACHE, 500, 'TROUPE_DOC_CACHE', Number.MAX_SAFE_INTEGER, 1),
+    },
+    statelyInspectUrl: statelyInspectUrl(env.TROUPE_STATELY_INSPECT_URL),
   };
 }

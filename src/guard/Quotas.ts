@@ -101,6 +101,11 @@ interface Seeded {
   ready: boolean;
   /** Set when the count may be off; the next use counts again. */
   dirty: boolean;
+  /**
+   * After a count that could not be made consistent (a tenant that never stops changing), a
+   * dirty count is used as it is until this `performance.now()` time, so not every call counts.
+   */
+  settleAt: number;
   seeding: Promise<void> | null;
   /** Events committed while seeding, handled when the seed is in. */
   buffer: Buffered[] | null;
@@ -140,8 +145,13 @@ interface TenantQuota {
   signalling: Set<QuotaResource>;
 }
 
+/** True when a count can be used without counting again. */
+function usable(c: Seeded): boolean {
+  return c.ready && (!c.dirty || performance.now() < c.settleAt);
+}
+
 function seeded<T extends object>(extra: T): T & Seeded {
-  return { ready: false, dirty: false, seeding: null, buffer: null, ...extra };
+  return { ready: false, dirty: false, settleAt: 0, seeding: null, buffer: null, ...extra };
 }
 
 /**
@@ -369,7 +379,7 @@ export class Quotas {
   /** True when the resource's count can be used as it is. */
   #current(t: TenantQuota, r: QuotaResource): boolean {
     const c = this.#counter(t, r);
-    return c === null || (c.ready && !c.dirty);
+    return c === null || usable(c);
   }
 
   /** True when the resource's count was seeded at least once (or it has none). */
@@ -425,7 +435,7 @@ export class Quotas {
     const jobs: Promise<void>[] = [];
     const want = new Set(resources.map((r) => this.#counter(t, r)).filter((c): c is Seeded => c !== null));
     for (const c of want) {
-      if (c.ready && !c.dirty) continue;
+      if (usable(c)) continue;
       c.seeding ??= (c === t.tasks ? this.#seedTasks(t) : c === t.executions ? this.#seedExecutions(t) : this.#seedBytes(t))
         .catch((e: unknown) => {
           // The store failed mid-count: stop buffering, and count again at the next use.
@@ -483,8 +493,9 @@ export class Quotas {
       const unsure = buffer.some((b) => b.event.position > from && b.event.position <= to && this.#movesCount(b));
       if (unsure && attempt < this.#attempts) continue;
       if (unsure) {
-        this.#log.warn({ tenant: t.tenant, attempts: attempt }, 'quota: tasks kept changing while counted; the count is taken again at the next use');
+        this.#log.warn({ tenant: t.tenant, attempts: attempt }, 'quota: tasks kept changing while counted; the count is taken again in a second');
         c.dirty = true;
+        c.settleAt = performance.now() + 1000;
       }
       c.buffer = null;
       c.total = stats.total + staged;

@@ -26,8 +26,9 @@ export function quotaHandlers(app: App): Handlers {
         ),
       );
       const result = await quotas.limits(p.tenantId);
-      // Count what is limited now, and warn if a new limit is already 80% used.
-      await quotas.limitsChanged(p.tenantId);
+      // Count what is limited now, and warn if a new limit is already 80% used. The limits are
+      // stored either way: a count that fails now is taken at the next create.
+      await quotas.limitsChanged(p.tenantId).catch((e: unknown) => app.log.warn({ err: e, tenant: p.tenantId }, 'quota: counting after quota.set failed'));
       return result;
     },
 

@@ -1,3 +1,4 @@
+import { STATE_DOCUMENT_ID } from '../../protocol/documents.js';
 import { ProtocolError } from '../../protocol/errors.js';
 import type { Principal } from '../../protocol/model.js';
 import { hasRole, type App, type Handlers } from '../server/App.js';
@@ -13,9 +14,25 @@ async function authorizeTopic(app: App, p: Principal, topic: string): Promise<vo
     if (!reader) throw new ProtocolError('FORBIDDEN', 'Only admins and observers may subscribe to the tenant feed.');
     return;
   }
+  // document:<workspaceId>:<documentId>, members only (document ids have no ":").
+  if (kind === 'document' && id && rest.length > 0 && app.workspaces) {
+    const documentId = rest[rest.length - 1]!;
+    const workspaceId = [id, ...rest.slice(0, -1)].join(':');
+    await app.workspaces.requireMember(p, workspaceId);
+    // The state document exists from its first change on; it may be followed before that.
+    if (documentId !== STATE_DOCUMENT_ID && !(await app.store.getView(p.tenantId, 'document', `${workspaceId}:${documentId}`))) {
+      throw new ProtocolError('NOT_FOUND', `Document ${documentId} does not exist in workspace ${workspaceId}.`, { kind: 'document', id: documentId });
+    }
+    return;
+  }
   if (rest.length === 0 && id) {
     if (kind === 'inbox') {
       if (id !== p.principalId && !reader) throw new ProtocolError('FORBIDDEN', `Only agent ${id}, admins and observers may read its inbox.`);
+      return;
+    }
+    // Members only: others get NOT_FOUND (private workspaces) or FORBIDDEN.
+    if (kind === 'workspace' && app.workspaces) {
+      await app.workspaces.requireMember(p, id);
       return;
     }
     const named = TOPIC_KINDS[kind!];
@@ -26,7 +43,7 @@ async function authorizeTopic(app: App, p: Principal, topic: string): Promise<vo
       return;
     }
   }
-  throw new ProtocolError('INVALID_PARAMS', `Unknown topic "${topic}"; use task:<taskId>, agent:<agentId>, execution:<executionId>, inbox:<agentId> or tenant.`, {
+  throw new ProtocolError('INVALID_PARAMS', `Unknown topic "${topic}"; use task:<taskId>, agent:<agentId>, execution:<executionId>, inbox:<agentId>, workspace:<workspaceId>, document:<workspaceId>:<documentId> or tenant.`, {
     field: 'topic',
   });
 }
@@ -38,8 +55,23 @@ export function sessionHandlers(app: App): Handlers {
     subscribe: async (ctx, { topic, fromPosition }) => {
       await authorizeTopic(app, ctx.principal, topic);
       const r = await app.hub.subscribe(ctx.conn, ctx.principal.tenantId, topic, fromPosition, ctx.correlationId);
+      // A member following a workspace is present in it.
+      if (topic.startsWith('workspace:')) app.workspaces?.subscribed(ctx.conn, ctx.principal, topic.slice('workspace:'.length), r.subscriptionId, ctx.correlationId);
+      // Membership may have been revoked before the subscription existed to be ended with it.
+      if (topic.startsWith('document:')) {
+        try {
+          await authorizeTopic(app, ctx.principal, topic);
+        } catch (e) {
+          app.hub.unsubscribe(r.subscriptionId);
+          throw e;
+        }
+      }
       return { ...r, topic };
     },
-    unsubscribe: async (ctx, { subscriptionId }) => ({ unsubscribed: app.hub.unsubscribe(subscriptionId, ctx.conn) }),
+    unsubscribe: async (ctx, { subscriptionId }) => {
+      const unsubscribed = app.hub.unsubscribe(subscriptionId, ctx.conn);
+      if (unsubscribed) app.workspaces?.unsubscribed(ctx.conn, subscriptionId, ctx.correlationId);
+      return { unsubscribed };
+    },
   };
 }

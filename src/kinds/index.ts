@@ -9,6 +9,8 @@ import { ruleKind } from './ruleKind.js';
 import { taskKind } from './taskKind.js';
 import { templateKind } from './templateKind.js';
 import { workflowKind } from './workflowKind.js';
+import { workspaceKind } from './workspaceKind.js';
+import { documentKind } from './documentKind.js';
 
 /** Every kind of actor a Troupe node hosts; the server, `GET /machines` and `troupe verify` use it. */
 export const actorKinds: readonly ActorKind[] = [
@@ -22,4 +24,6 @@ export const actorKinds: readonly ActorKind[] = [
   fieldPolicyKind as unknown as ActorKind,
   rateLimitKind as unknown as ActorKind,
   quotaKind as unknown as ActorKind,
+  workspaceKind as unknown as ActorKind,
+  documentKind as unknown as ActorKind,
 ];

@@ -16,6 +16,8 @@ import type { Logger } from '../logger.js';
 import type { Connection } from './Connection.js';
 import type { Presence } from './Presence.js';
 import type { SubscriptionHub } from './SubscriptionHub.js';
+import type { WorkspaceService } from '../workspaces/WorkspaceService.js';
+import type { DocumentService } from '../documents/DocumentService.js';
 
 /** The services handlers use. */
 export interface App {
@@ -37,6 +39,10 @@ export interface App {
   quotas?: Quotas;
   /** Records refused calls (forbidden, denied, over a limit) in the tenant's audit trail. */
   audit?: AuditRecorder;
+  /** Workspace access (the `WorkspaceAccess` port), presence and messaging. */
+  workspaces?: WorkspaceService;
+  /** Live Automerge documents of workspaces (state and shared documents). */
+  documents?: DocumentService;
 }
 
 /** What a handler knows about the call. */

@@ -162,6 +162,29 @@ export class SubscriptionHub {
   }
 
   /**
+   * Ends at once the subscriptions of a tenant whose topic and principal match (access was
+   * revoked), and returns them so the caller can tell their connections. Scans the tenant's
+   * topics: revocations are rare.
+   */
+  endSubscriptions(
+    tenant: string,
+    topic: (topic: string) => boolean,
+    principal: (p: Principal | null) => boolean,
+  ): { subscriptionId: string; topic: string; conn: Connection }[] {
+    const prefix = `${tenant}\n`;
+    const ended: { subscriptionId: string; topic: string; conn: Connection }[] = [];
+    for (const [key, set] of [...this.#byKey]) {
+      if (!key.startsWith(prefix) || !topic(key.slice(prefix.length))) continue;
+      for (const sub of [...set]) {
+        if (!principal(sub.conn.principal)) continue;
+        this.unsubscribe(sub.id);
+        ended.push({ subscriptionId: sub.id, topic: sub.topic, conn: sub.conn });
+      }
+    }
+    return ended;
+  }
+
+  /**
    * Delivers committed events (wired to the actor host's commit listener), with the read model
    * row of their actor after them, which the redactor may need.
    */

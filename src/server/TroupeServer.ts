@@ -32,6 +32,8 @@ import { assignmentHandlers } from '../handlers/assignment.js';
 import { distributedHandlers } from '../handlers/distributed.js';
 import { executionHandlers } from '../handlers/executions.js';
 import { fieldPolicyHandlers } from '../handlers/fieldPolicy.js';
+import { inspectHandlers } from '../handlers/inspect.js';
+import { serveViz } from '../viz/serveViz.js';
 import { quotaHandlers } from '../handlers/quotas.js';
 import { Quotas, type QuotasOptions } from '../guard/Quotas.js';
 import { Dispatcher } from '../workflows/Dispatcher.js';
@@ -40,9 +42,16 @@ import { IdleTimeout } from '../guard/IdleTimeout.js';
 import { sessionHandlers } from '../handlers/session.js';
 import { taskHandlers } from '../handlers/tasks.js';
 import { workflowHandlers } from '../handlers/workflows.js';
+import { workspaceHandlers } from '../handlers/workspaces.js';
+import { WorkspaceService } from '../workspaces/WorkspaceService.js';
+import { documentHandlers } from '../handlers/documents.js';
+import { DocumentService, type DocumentLimits } from '../documents/DocumentService.js';
 import { actorKinds } from '../kinds/index.js';
 import { createLogger, type Logger } from '../logger.js';
 import { Metrics, methodLabel } from '../observability/Metrics.js';
+import { traceStoreReads } from '../observability/spans.js';
+import { serveMachines } from '../observability/stately.js';
+import { StatelyInspector } from '../observability/StatelyInspector.js';
 import { RuleEngine } from '../policy/RuleEngine.js';
 import { AgentDirectory } from '../assignment/AgentDirectory.js';
 import { Assigner } from '../assignment/Assigner.js';
@@ -94,6 +103,8 @@ export interface TroupeServerOptions {
   rateLimits?: RateLimitOptions;
   /** Default quota limits of every tenant that sets none (null or left out: unlimited). */
   quotaLimits?: QuotasOptions['defaults'];
+  /** Limits of workspace documents: size, change rate, entries per call, compaction, documents in memory (see {@link DocumentLimits}). */
+  documents?: Partial<DocumentLimits>;
   /** Deepest nesting of objects and arrays in params, params itself counting 1 (default 32). */
   maxJsonDepth?: number;
   /** Longest string anywhere in params, in UTF-16 code units (default 1 000 000). */
@@ -114,6 +125,8 @@ export interface TroupeServerOptions {
   storeBreakerFailures?: number;
   /** How long the store's breaker stays open before a trial call (default 2 000). */
   storeBreakerHalfOpenMs?: number;
+  /** WebSocket URL of a Stately inspector that live actors are streamed to (unset: none, at no cost). */
+  statelyInspectUrl?: string;
 }
 
 /**
@@ -162,6 +175,7 @@ export class TroupeServer {
   #tracer: Tracer;
   /** Read per message: creating child loggers only pays off when debug lines are written. */
   #debug: boolean;
+  #inspector: StatelyInspector | null;
 
   /** This server's Prometheus metrics, served at `/metrics`. */
   readonly metrics: Metrics;
@@ -183,7 +197,7 @@ export class TroupeServer {
     const metrics = this.metrics;
     this.#maxFrame = opts.maxFrameBytes ?? 1024 * 1024;
     const now = opts.now ?? Date.now;
-    const store = (this.#store = new ResilientStore(opts.store, {
+    const store = (this.#store = new ResilientStore(traceStoreReads(opts.store), {
       readTimeoutMs: opts.storeTimeoutMs,
       writeTimeoutMs: opts.storeCommitTimeoutMs,
       breakerFailures: opts.storeBreakerFailures,
@@ -192,6 +206,7 @@ export class TroupeServer {
         this.#log[circuit.state === 'closed' ? 'info' : 'warn']({ dependency: 'store', ...circuit }, `store circuit breaker ${circuit.state}`),
     }));
     const hub = new SubscriptionHub({ store, maxBufferedBytes: opts.maxBufferedBytes, onOverflow: () => metrics.overflow() });
+    this.#inspector = opts.statelyInspectUrl ? new StatelyInspector({ url: opts.statelyInspectUrl, kinds: actorKinds, log: this.#log }) : null;
     this.host = new ActorHost({
       store,
       ownership: opts.ownership ?? new LocalOwnership(store),
@@ -205,6 +220,7 @@ export class TroupeServer {
       onOutbox: (records) => this.#outbox.dispatch(records),
       onPassivated: (kind) => metrics.passivated(kind),
       onStoreCommit: (seconds) => metrics.storeCommit(seconds),
+      inspect: this.#inspector?.inspect,
     });
     this.host.onCommit((events, topics, view) => hub.publish(events, topics, view));
     this.rules = new RuleEngine({ store });
@@ -236,6 +252,8 @@ export class TroupeServer {
       rateLimits: new RateLimits({ redisUrl: opts.redisUrl, ...opts.rateLimits, store, host: this.host, log: this.#log }),
       quotas: new Quotas({ host: this.host, log: this.#log, now, defaults: opts.quotaLimits }),
       audit: new AuditRecorder({ store, now, log: this.#log }),
+      workspaces: new WorkspaceService({ host: this.host, store, hub, now, log: this.#log }),
+      documents: new DocumentService({ host: this.host, store, now, log: this.#log, limits: opts.documents }),
     };
     const dispatcher = new Dispatcher(this.app);
     this.#handlers = {
@@ -246,11 +264,14 @@ export class TroupeServer {
       ...distributedHandlers(this.app),
       ...ruleHandlers(this.app, this.rules),
       ...workflowHandlers(this.app),
+      ...workspaceHandlers(this.app),
+      ...documentHandlers(this.app),
       ...executionHandlers(this.app),
       ...auditHandlers(this.app),
       ...fieldPolicyHandlers(this.app),
       ...rateLimitHandlers(this.app),
       ...quotaHandlers(this.app),
+      ...inspectHandlers(this.app),
     };
     installGuards(this, this.app, opts);
     this.#http = http.createServer((req, res) => void this.#http_(req, res));
@@ -306,6 +327,7 @@ export class TroupeServer {
         this.#http.closeAllConnections();
       });
       await this.host.close();
+      await this.#inspector?.close();
       // Refusals of the last moments are written before the store closes.
       await this.app.audit?.flush();
       await this.app.rateLimits?.close();
@@ -355,17 +377,22 @@ export class TroupeServer {
       res.end(JSON.stringify(body));
     };
     if (req.method !== 'GET' && req.method !== 'HEAD') return json(405, { error: 'Only GET is supported here.' });
+    if (url.pathname === '/viz' || url.pathname.startsWith('/viz/')) return serveViz(req, res, url.pathname);
+    if (url.pathname === '/machines' || url.pathname.startsWith('/machines/')) return serveMachines(res, url, actorKinds);
     switch (url.pathname) {
       case '/healthz':
         return json(200, { status: 'ok' });
       case '/readyz':
         try {
           await this.app.store.ping();
-          return json(this.#closing ? 503 : 200, { status: this.#closing ? 'closing' : 'ready', store: 'ok' });
+          // Rate limits count in each node's memory while Redis is away: degraded, still ready.
+          const redis = this.#redisReadiness();
+          const status = this.#closing ? 'closing' : redis.redis === 'unavailable' ? 'degraded' : 'ready';
+          return json(this.#closing ? 503 : 200, { status, store: 'ok', ...redis });
         } catch (e) {
           // An open breaker refuses the ping at once, and is reported with when it tries again.
           const circuit = this.#store.circuit;
-          return json(503, { status: 'unavailable', store: (e as Error).message, ...(circuit.state === 'closed' ? {} : { breaker: circuit }) });
+          return json(503, { status: 'unavailable', store: (e as Error).message, ...(circuit.state === 'closed' ? {} : { breaker: circuit }), ...this.#redisReadiness() });
         }
       case '/metrics': {
         const registry = this.metrics.registry;
@@ -374,15 +401,20 @@ export class TroupeServer {
         res.end(text);
         return;
       }
-      case '/machines':
-        return json(200, Object.fromEntries(actorKinds.map((k) => [k.kind, k.machine.toJSON()])));
       case '/protocol.json':
         return json(200, protocolJsonSchema());
       case '/':
-        return json(200, { name: 'troupe', websocket: '/v1', endpoints: ['/healthz', '/readyz', '/metrics', '/machines', '/protocol.json'] });
+        return json(200, { name: 'troupe', websocket: '/v1', endpoints: ['/healthz', '/readyz', '/metrics', '/machines', '/protocol.json', '/viz'] });
       default:
         return json(404, { error: `No such endpoint: ${url.pathname}` });
     }
+  }
+
+  /** What `/readyz` says of Redis: nothing without `redisUrl`, else whether rate limits count there. */
+  #redisReadiness(): { redis?: 'ok' | 'unavailable'; rateLimits?: string } {
+    if (!this.#opts.redisUrl) return {};
+    const backend = this.app.rateLimits?.backend;
+    return backend === 'redis' ? { redis: 'ok' } : { redis: 'unavailable', rateLimits: backend ?? 'memory-fallback' };
   }
 
   #accept(ws: WebSocket, req: http.IncomingMessage): void {
@@ -452,6 +484,7 @@ export class TroupeServer {
   async #disconnected(conn: Connection): Promise<void> {
     const p = conn.principal;
     if (!p) return;
+    this.app.workspaces?.disconnected(conn);
     this.app.presence.remove(p.tenantId, p.principalId);
     await this.#agentEvent(p, 'agent.disconnected').catch(() => {});
   }

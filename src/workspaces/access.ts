@@ -1,12 +1,8 @@
 import type { Principal } from '../../protocol/model.js';
+import type { WorkspacePermission, WorkspaceRole } from '../../protocol/workspaces.js';
 
-/** Workspace member roles, most powerful first. */
-export const WorkspaceRoles = ['owner', 'admin', 'editor', 'commenter', 'viewer'] as const;
-export type WorkspaceRole = (typeof WorkspaceRoles)[number];
-
-/** Things a member may be allowed to do in a workspace. Roles grant sets of them; members may get extra ones. */
-export const WorkspacePermissions = ['workspace:read', 'workspace:write', 'member:manage', 'state:write', 'doc:create', 'doc:write', 'message:send'] as const;
-export type WorkspacePermission = (typeof WorkspacePermissions)[number];
+/** Workspace member roles (most powerful first) and permissions; defined with the wire contract. */
+export { WorkspacePermissions, WorkspaceRoles, RolePermissions, type WorkspacePermission, type WorkspaceRole } from '../../protocol/workspaces.js';
 
 /**
  * Who may do what in a workspace. Implemented by the workspace service; used by every handler
@@ -19,6 +15,13 @@ export interface WorkspaceAccess {
   require(p: Principal, workspaceId: string, permission: WorkspacePermission): Promise<void>;
   /** The member's role, or null when not a member (tenant admins act as owners). */
   roleOf(p: Principal, workspaceId: string): Promise<WorkspaceRole | null>;
-  /** Called when a principal loses access to a workspace (removed, role lowered): drop its subscriptions and presence. */
+  /**
+   * Called when a principal loses access to a workspace (removed, role lowered, extra permissions
+   * taken away, or the workspace deleted): drop its subscriptions and presence. Listeners run
+   * synchronously inside the commit that took the access away, after the service's own decisions
+   * already reflect it, so `require` and `roleOf` called from a listener answer with the new
+   * membership. The service itself has already ended the principal's subscriptions to
+   * `workspace:<id>` and `document:<id>:*` and its presence when it is no longer a member.
+   */
   onRevoked(listener: (tenant: string, workspaceId: string, principalId: string) => void): void;
 }

@@ -221,6 +221,8 @@ test('loadConfig has documented defaults', () => {
     storeBreakerFailures: 5,
     storeBreakerHalfOpenMs: 2_000,
     quotaLimits: { tasks: null, active_tasks: null, workflow_executions_per_day: null, stored_bytes: null, workspaces: null, members_per_workspace: null },
+    documents: { maxBytes: 5 * 1024 * 1024, maxChangesPerSecond: 200, maxOpsPerCall: 1_000, compactEvery: 500, maxLoaded: 500 },
+    statelyInspectUrl: undefined,
   });
 });
 

@@ -97,6 +97,20 @@ const READ_METHODS: MethodName[] = [
   'audit.query',
   'events.read',
   'events.replay',
+  'workspace.getState',
+  'workspace.stateHistory',
+  'document.get',
+  'document.list',
+  'actor.inspect',
+  'workspace.get',
+  'workspace.listMembers',
+  'workspace.memberActivity',
+  'workspace.presence',
+  'workspace.listForAgent',
+  'workspace.search',
+  'workspace.recommended',
+  'workspace.stats',
+  'workspace.collaborationMetrics',
 ];
 const WRITE_METHODS = ALL_METHODS.filter((m) => !READ_METHODS.includes(m) && m !== 'session.authenticate');
 /** The param naming the actor a write acts on (writes without one create something new). */

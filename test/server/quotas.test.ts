@@ -198,7 +198,7 @@ test('finishing, cancelling and deleting tasks frees active_tasks; deleting free
   await bot.call('task.accept', { taskId: c.id });
   await bot.call('task.start', { taskId: c.id });
   await bot.call('task.complete', { taskId: c.id, result: 'done' });
-  const d = await create(t.lead, 'd');
+  await create(t.lead, 'd');
   assert.equal([(await usage(t.eye, 'active_tasks')).used, (await usage(t.eye, 'tasks')).used], [2, 4]);
   quotaError(await refusal(create(t.lead)), 'tasks', 4, 4);
 
@@ -208,7 +208,6 @@ test('finishing, cancelling and deleting tasks frees active_tasks; deleting free
   assert.equal([(await usage(t.eye, 'active_tasks')).used, (await usage(t.eye, 'tasks')).used], [1, 2]);
   await create(t.lead, 'e');
   assert.is((await t.eye.call('task.stats', {})).total, 3);
-  void d;
 });
 
 test('a task tree counts every part, staged ones included, and is refused whole when it does not fit', async (ctx) => {

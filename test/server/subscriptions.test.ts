@@ -142,7 +142,7 @@ test('delivers the tenant feed to admins and observers, not to agents', async (c
 
 test('refuses unknown topics with -32602, unknown actors with -32003, and other inboxes with -32002', async (ctx) => {
   const { lead, w1 } = await team(ctx);
-  for (const topic of ['foo', 'task', 'task:', 'task:a:b', 'workspace:x', 'inbox:', 'Tenant', 'tenant:x']) {
+  for (const topic of ['foo', 'task', 'task:', 'task:a:b', 'workspace:', 'workspace:a:b', 'inbox:', 'Tenant', 'tenant:x']) {
     const e = await refusal(lead.call('subscribe', { topic }), ErrorCodes.INVALID_PARAMS);
     assert.match(e.message, /Unknown topic/);
   }

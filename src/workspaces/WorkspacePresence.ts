@@ -1,0 +1,294 @@
+import type { Connection } from '../server/Connection.js';
+import {
+  WORKSPACE_MESSAGE,
+  WORKSPACE_PRESENCE,
+  type MemberPresence,
+  type PresenceStatus,
+  type WorkspaceRole,
+} from '../../protocol/workspaces.js';
+
+/** One connection present in a workspace: through subscriptions to `workspace:<id>`, or because it set its presence. */
+interface PresentConn {
+  conn: Connection;
+  principalId: string;
+  /** Subscription ids to `workspace:<id>` that keep it present. */
+  subs: Set<string>;
+  /** Set by `workspace.setPresence`: present until the connection closes. */
+  explicit: boolean;
+}
+
+/** One present member (all its connections together). */
+interface MemberState {
+  principalId: string;
+  status: PresenceStatus;
+  cursor: unknown;
+  focus: unknown;
+  joinedAt: number;
+  updatedAt: number;
+  conns: Set<Connection>;
+}
+
+interface Room {
+  tenant: string;
+  workspaceId: string;
+  conns: Map<Connection, PresentConn>;
+  members: Map<string, MemberState>;
+}
+
+/** A message sent in a workspace, as counted for metrics. */
+export interface MessageRecord {
+  at: number;
+  from: string;
+  kind: 'broadcast' | 'direct';
+}
+
+interface MessageLog {
+  items: MessageRecord[];
+  total: number;
+}
+
+/** Options of {@link WorkspacePresence}. */
+export interface WorkspacePresenceOptions {
+  now: () => number;
+  /** The role of a principal in a workspace, from the service's cache (for presence entries). */
+  roleOf: (tenant: string, workspaceId: string, principalId: string) => WorkspaceRole | null;
+  /** Messages remembered per workspace for metrics (default 10 000; older ones are forgotten). */
+  messageLog?: number;
+}
+
+/**
+ * Who is in which workspace right now, on this node, and the messages they exchange. Memory
+ * only: presence is not history, and connections do not survive a restart. A connection is
+ * present while it has a subscription to `workspace:<id>` or after it set its presence, until
+ * it unsubscribes (and did not set presence) or closes; a member is present while any of its
+ * connections is. Present connections get `workspace.presence` notifications for every join,
+ * update and leave, and the workspace's messages.
+ */
+export class WorkspacePresence {
+  #rooms = new Map<string, Room>();
+  #byConn = new Map<Connection, Set<string>>();
+  #bySub = new Map<string, { key: string; conn: Connection }>();
+  #messages = new Map<string, MessageLog>();
+  #opts: WorkspacePresenceOptions;
+  #maxLog: number;
+  readonly since: number;
+
+  constructor(opts: WorkspacePresenceOptions) {
+    this.#opts = opts;
+    this.#maxLog = opts.messageLog ?? 10_000;
+    this.since = opts.now();
+  }
+
+  #key(tenant: string, workspaceId: string): string {
+    return `${tenant}\n${workspaceId}`;
+  }
+
+  #room(tenant: string, workspaceId: string, create: true): Room;
+  #room(tenant: string, workspaceId: string, create?: false): Room | undefined;
+  #room(tenant: string, workspaceId: string, create = false): Room | undefined {
+    const key = this.#key(tenant, workspaceId);
+    let room = this.#rooms.get(key);
+    if (!room && create) this.#rooms.set(key, (room = { tenant, workspaceId, conns: new Map(), members: new Map() }));
+    return room;
+  }
+
+  /** Adds a connection (and its member, if new); notifies the room of a join. */
+  #enter(room: Room, conn: Connection, principalId: string, causedBy?: string): PresentConn {
+    let pc = room.conns.get(conn);
+    if (pc) return pc;
+    pc = { conn, principalId, subs: new Set(), explicit: false };
+    room.conns.set(conn, pc);
+    const key = this.#key(room.tenant, room.workspaceId);
+    let keys = this.#byConn.get(conn);
+    if (!keys) this.#byConn.set(conn, (keys = new Set()));
+    keys.add(key);
+    let m = room.members.get(principalId);
+    if (!m) {
+      const at = this.#opts.now();
+      m = { principalId, status: 'active', cursor: null, focus: null, joinedAt: at, updatedAt: at, conns: new Set([conn]) };
+      room.members.set(principalId, m);
+      this.#notifyPresence(room, 'joined', m, causedBy);
+    } else {
+      m.conns.add(conn);
+    }
+    return pc;
+  }
+
+  /** Removes a connection; when it was its member's last, the member leaves and the room is told. */
+  #leave(room: Room, conn: Connection, causedBy?: string): void {
+    const pc = room.conns.get(conn);
+    if (!pc) return;
+    room.conns.delete(conn);
+    for (const id of pc.subs) this.#bySub.delete(id);
+    const key = this.#key(room.tenant, room.workspaceId);
+    const keys = this.#byConn.get(conn);
+    keys?.delete(key);
+    if (keys?.size === 0) this.#byConn.delete(conn);
+    const m = room.members.get(pc.principalId);
+    if (m) {
+      m.conns.delete(conn);
+      if (m.conns.size === 0) {
+        room.members.delete(pc.principalId);
+        this.#notifyPresence(room, 'left', m, causedBy);
+      }
+    }
+    if (room.conns.size === 0) this.#rooms.delete(key);
+  }
+
+  /** A connection subscribed to `workspace:<id>`: it becomes present (the join is sent after the subscribe reply). */
+  subscribed(tenant: string, workspaceId: string, conn: Connection, principalId: string, subscriptionId: string, causedBy?: string): void {
+    if (conn.closed) return;
+    const room = this.#room(tenant, workspaceId, true);
+    const pc = this.#enter(room, conn, principalId, causedBy);
+    pc.subs.add(subscriptionId);
+    this.#bySub.set(subscriptionId, { key: this.#key(tenant, workspaceId), conn });
+  }
+
+  /** A subscription ended: the connection leaves unless another subscription or its own presence keeps it. */
+  unsubscribed(conn: Connection, subscriptionId: string, causedBy?: string): void {
+    const ref = this.#bySub.get(subscriptionId);
+    if (!ref || ref.conn !== conn) return;
+    this.#bySub.delete(subscriptionId);
+    const room = this.#rooms.get(ref.key);
+    const pc = room?.conns.get(conn);
+    if (!room || !pc) return;
+    pc.subs.delete(subscriptionId);
+    // Subscriptions the hub dropped on its own (a slow consumer) no longer count either.
+    for (const id of pc.subs) {
+      if (!conn.subscriptions.has(id)) {
+        pc.subs.delete(id);
+        this.#bySub.delete(id);
+      }
+    }
+    if (pc.subs.size === 0 && !pc.explicit) this.#leave(room, conn, causedBy);
+  }
+
+  /** The connection closed: it leaves every workspace. */
+  disconnected(conn: Connection): void {
+    const keys = this.#byConn.get(conn);
+    if (!keys) return;
+    for (const key of [...keys]) {
+      const room = this.#rooms.get(key);
+      if (room) this.#leave(room, conn);
+    }
+    this.#byConn.delete(conn);
+  }
+
+  /** Sets a member's status, cursor and focus (joining if needed); the room is told. */
+  set(
+    tenant: string,
+    workspaceId: string,
+    conn: Connection,
+    principalId: string,
+    update: { status: PresenceStatus; cursor?: unknown; focus?: unknown },
+    causedBy?: string,
+  ): MemberPresence {
+    const room = this.#room(tenant, workspaceId, true);
+    const pc = this.#enter(room, conn, principalId, causedBy);
+    pc.explicit = true;
+    const m = room.members.get(principalId)!;
+    m.status = update.status;
+    if (update.cursor !== undefined) m.cursor = update.cursor;
+    if (update.focus !== undefined) m.focus = update.focus;
+    m.updatedAt = this.#opts.now();
+    this.#notifyPresence(room, 'updated', m, causedBy);
+    return this.#resource(room, m);
+  }
+
+  /**
+   * Takes principals out of a workspace (access revoked, or the workspace deleted): every
+   * connection whose principal `matches` leaves, and the others are told.
+   */
+  remove(tenant: string, workspaceId: string, matches: (principalId: string, conn: Connection) => boolean, causedBy?: string): void {
+    const room = this.#room(tenant, workspaceId);
+    if (!room) return;
+    for (const [conn, pc] of [...room.conns]) if (matches(pc.principalId, conn)) this.#leave(room, conn, causedBy);
+  }
+
+  /** Forgets a deleted workspace's message counts. */
+  forget(tenant: string, workspaceId: string): void {
+    this.#messages.delete(this.#key(tenant, workspaceId));
+  }
+
+  /** Members present now. */
+  list(tenant: string, workspaceId: string): MemberPresence[] {
+    const room = this.#room(tenant, workspaceId);
+    if (!room) return [];
+    return [...room.members.values()].map((m) => this.#resource(room, m)).sort((a, b) => (a.principalId < b.principalId ? -1 : 1));
+  }
+
+  /** Present members and connections. */
+  counts(tenant: string, workspaceId: string): { members: number; connections: number } {
+    const room = this.#room(tenant, workspaceId);
+    return { members: room?.members.size ?? 0, connections: room?.conns.size ?? 0 };
+  }
+
+  /** True when the principal has a present connection. */
+  isPresent(tenant: string, workspaceId: string, principalId: string): boolean {
+    return this.#room(tenant, workspaceId)?.members.has(principalId) ?? false;
+  }
+
+  /**
+   * Sends a message to the present connections whose principal `to` accepts, counts it, and
+   * returns to how many connections it went.
+   */
+  message(
+    tenant: string,
+    workspaceId: string,
+    msg: { messageId: string; from: string; kind: 'broadcast' | 'direct'; to?: string; message: unknown },
+    to: (principalId: string) => boolean,
+    causedBy?: string,
+  ): number {
+    const at = this.#opts.now();
+    const key = this.#key(tenant, workspaceId);
+    let log = this.#messages.get(key);
+    if (!log) this.#messages.set(key, (log = { items: [], total: 0 }));
+    log.items.push({ at, from: msg.from, kind: msg.kind });
+    log.total++;
+    if (log.items.length > this.#maxLog) log.items.splice(0, log.items.length - this.#maxLog);
+    const room = this.#room(tenant, workspaceId);
+    if (!room) return 0;
+    const frame = JSON.stringify({
+      jsonrpc: '2.0',
+      method: WORKSPACE_MESSAGE,
+      params: { workspaceId, ...msg, at: new Date(at).toISOString() },
+    });
+    let n = 0;
+    for (const pc of room.conns.values()) {
+      if (!to(pc.principalId) || pc.conn.closed) continue;
+      pc.conn.notifyFrame(frame, causedBy);
+      n++;
+    }
+    return n;
+  }
+
+  /** Messages of a workspace since `from` (those still remembered), and the count since this node started. */
+  messages(tenant: string, workspaceId: string, from = 0): { items: MessageRecord[]; total: number } {
+    const log = this.#messages.get(this.#key(tenant, workspaceId));
+    if (!log) return { items: [], total: 0 };
+    return { items: log.items.filter((m) => m.at >= from), total: log.total };
+  }
+
+  #resource(room: Room, m: MemberState): MemberPresence {
+    return {
+      principalId: m.principalId,
+      role: this.#opts.roleOf(room.tenant, room.workspaceId, m.principalId),
+      status: m.status,
+      cursor: m.cursor,
+      focus: m.focus,
+      connections: m.conns.size,
+      joinedAt: new Date(m.joinedAt).toISOString(),
+      updatedAt: new Date(m.updatedAt).toISOString(),
+    };
+  }
+
+  #notifyPresence(room: Room, change: 'joined' | 'updated' | 'left', m: MemberState, causedBy?: string): void {
+    const presence = change === 'left' ? null : this.#resource(room, m);
+    const frame = JSON.stringify({
+      jsonrpc: '2.0',
+      method: WORKSPACE_PRESENCE,
+      params: { workspaceId: room.workspaceId, change, principalId: m.principalId, presence, at: new Date(this.#opts.now()).toISOString() },
+    });
+    for (const pc of room.conns.values()) if (!pc.conn.closed) pc.conn.notifyFrame(frame, causedBy);
+  }
+}

@@ -11,3 +11,4 @@ export * from './ratelimits.js';
 export * from './quotas.js';
 export * from './audit.js';
 export * from './fieldPolicy.js';
+export * from './workspaces.js';

@@ -13,10 +13,18 @@ import { toActorEvent } from '../server/SubscriptionHub.js';
  * runtime rebuilds it (as `actors/replay.ts` folds a stream: the machine alone, no effects run).
  * The `/viz` page steps through a timeline with it.
  *
- * Every principal of the tenant may inspect every kind, as every one of them may read every kind
- * (`task.get`, `agent.get`, `rule.get`, `quota.get`...). Results pass the field permission guard
- * like any read: the resource, the events and the definition are recognised by their shape.
+ * Every principal of the tenant may inspect the kinds every one of them may read (`task.get`,
+ * `agent.get`, `rule.get`, `quota.get`...); reads of other kinds depend on more than the tenant
+ * (a workspace's visibility and members), so only admins inspect those. Results pass the field
+ * permission guard like any read: the resource, the events and the definition are recognised by
+ * their shape.
  */
+/**
+ * Kinds whose reads check nothing beyond the tenant. Any other kind, including one added later,
+ * is for admins only until it is listed here.
+ */
+const OPEN_KINDS: ReadonlySet<string> = new Set(['task', 'agent', 'rule', 'policy', 'workflow', 'template', 'execution', 'fieldpolicy', 'ratelimit', 'quota']);
+
 export function inspectHandlers(app: App): Handlers {
   const { store } = app;
   const kinds = new Map<string, ActorKind>(actorKinds.map((k) => [k.kind, k]));
@@ -30,6 +38,8 @@ export function inspectHandlers(app: App): Handlers {
         const known = [...kinds.keys()];
         throw new ProtocolError('INVALID_PARAMS', `There are no actors of kind ${kind}; use one of ${known.join(', ')}.`, { field: 'kind', kinds: known });
       }
+      // Checked before the actor is looked up, so a refusal says nothing about whether it exists.
+      if (!OPEN_KINDS.has(kind)) requireRole(p, `inspect ${kind} actors (reading them depends on more than the tenant)`, 'admin');
       // Like reads: an actor that does not exist now (never created, deleted, another tenant's)
       // is not found, so inspecting reveals nothing a read would not.
       if (!(await store.getView(p.tenantId, kind, id))) {

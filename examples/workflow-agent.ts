@@ -10,8 +10,11 @@
  * (examples/workflow.ts sets that for the step named in FAIL_STEP), so you can watch the saga
  * undo what was done. Compensation tasks are always completed.
  *
- * TROUPE_URL defaults to ws://127.0.0.1:7420/v1. With an admin key it registers as
- * TROUPE_AGENT_ID (default "workflow-worker"); with an agent key, as the key's principal.
+ * TROUPE_URL defaults to ws://127.0.0.1:7420/v1. The agent registers as the key's principal:
+ * steps are auto-assigned, and an agent is online (offered work) only while a connection of its
+ * own principal is open. Give it its own key:
+ *
+ *   npx troupe keys create --tenant default --principal worker-1 --roles agent
  */
 import { connect, type ActorEvent, type Task } from '../protocol/index.js';
 
@@ -22,9 +25,12 @@ if (!token) {
   process.exit(2);
 }
 
-const client = await connect(url, { token });
+const client = await connect(url, { token }).catch((e: unknown) => {
+  console.error(`Could not connect to ${url}: ${(e as Error).message}. Is the server running (npm start)? Set TROUPE_URL if it listens elsewhere.`);
+  process.exit(1);
+});
 const me = await client.call('session.whoami');
-const agentId = me.roles.includes('admin') ? (process.env.TROUPE_AGENT_ID ?? 'workflow-worker') : me.principalId;
+const agentId = me.principalId;
 const agent = await client.call('agent.register', {
   id: agentId,
   name: 'Workflow example worker',

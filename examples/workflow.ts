@@ -70,7 +70,10 @@ const definition: ParamsOf<'workflow.create'> = {
   ],
 };
 
-const client = await connect(url, { token });
+const client = await connect(url, { token }).catch((e: unknown) => {
+  console.error(`Could not connect to ${url}: ${(e as Error).message}. Is the server running (npm start)? Set TROUPE_URL if it listens elsewhere.`);
+  process.exit(1);
+});
 const started = Date.now();
 const since = () => `+${((Date.now() - started) / 1000).toFixed(2)}s`.padStart(7);
 
@@ -132,6 +135,7 @@ await client.subscribe(`execution:${executionId}`, cue);
 cue();
 
 // If nothing moves for a while, say why (usually: no agent with the capabilities is online).
+const hinted = new Set<string>();
 const watchdog = setInterval(() => {
   if (Date.now() - lastChange < 5000) return;
   lastChange = Date.now();
@@ -139,7 +143,10 @@ const watchdog = setInterval(() => {
     const x = await client.call('execution.get', { executionId });
     for (const s of x.steps.filter((r) => r.status === 'running' && r.taskId)) {
       const t = await client.call('task.get', { taskId: s.taskId! });
-      if (t.status === 'pending') console.log(`${since()}  step ${s.id} waits for an agent: ${t.waitingForAgent?.reason ?? 'pending'} Is examples/workflow-agent.ts running?`);
+      const hint = `step ${s.id} waits for an agent: ${t.waitingForAgent?.reason ?? 'pending'}`;
+      if (t.status !== 'pending' || hinted.has(hint)) continue;
+      hinted.add(hint);
+      console.log(`${since()}  ${hint} Is examples/workflow-agent.ts running, with a key of its own (see README, Workflows)?`);
     }
   })().catch(() => undefined);
 }, 1000);

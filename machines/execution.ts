@@ -235,7 +235,11 @@ function startCompensation(d: Draft, message: string): void {
   stopWork(d, `the execution is compensating: ${message}`);
   d.e.error = message;
   const toUndo = [...d.e.completionOrder].reverse().filter((id) => d.step(id)?.status === 'completed' && d.def(id).compensate);
-  d.trace('execution.compensating', null, null, `${message}; compensating ${toUndo.length ? toUndo.join(', ') : 'nothing'} in reverse order`);
+  if (toUndo.length === 0) {
+    d.trace('execution.failed', null, null, `${message}; no completed step has a compensation, so there is nothing to undo`);
+    return d.finish('failed', message);
+  }
+  d.trace('execution.compensating', null, null, `${message}; compensating ${toUndo.join(', ')} in reverse order`);
   for (const id of toUndo) {
     const s = d.step(id)!;
     s.status = 'compensating';

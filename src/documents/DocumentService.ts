@@ -380,10 +380,12 @@ export class DocumentService {
   #run<T>(ref: DocumentRef, fn: (slot: Slot) => Promise<T>): Promise<T> {
     const slot = this.#slot(ref);
     if (slot.queued >= MAX_QUEUED) {
-      throw new ProtocolError('BUSY', `Document ${ref.documentId} has ${slot.queued} calls waiting, the most it queues; retry after 100 ms.`, {
-        retryAfterMs: 100,
-        limit: MAX_QUEUED,
-      });
+      return Promise.reject(
+        new ProtocolError('BUSY', `Document ${ref.documentId} has ${slot.queued} calls waiting, the most it queues; retry after 100 ms.`, {
+          retryAfterMs: 100,
+          limit: MAX_QUEUED,
+        }),
+      );
     }
     slot.queued++;
     const result = slot.tail.then(() => fn(slot));
@@ -541,10 +543,17 @@ export class DocumentService {
       patchCallback: (p) => patches.push(...p),
     };
     try {
-      const doc = at ? Automerge.changeAt(live.doc, at, options, fn).newDoc : Automerge.change(live.doc, options, fn);
-      // An edit that changed nothing makes no change (and the same document comes back).
-      const changes = doc === live.doc || sameHeads(Automerge.getHeads(doc), before) ? [] : Automerge.getChangesSince(doc, before);
-      return { doc, patches, changes };
+      // One call makes at most one change, found directly: getChangesSince would walk the whole
+      // history, and getLastLocalChange does not see a change made by changeAt.
+      if (at) {
+        const { newDoc, newHeads } = Automerge.changeAt(live.doc, at, options, fn);
+        const change = newHeads?.[0] ? Automerge.getBackend(newDoc).getChangeByHash(newHeads[0]) : null;
+        return { doc: newDoc, patches, changes: change ? [change] : [] };
+      }
+      const doc = Automerge.change(live.doc, options, fn);
+      const changed = doc !== live.doc && !sameHeads(Automerge.getHeads(doc), before);
+      const last = changed ? Automerge.getLastLocalChange(doc) : undefined;
+      return { doc, patches, changes: last ? [last] : [] };
     } catch (e) {
       if (isProtocolError(e)) {
         // Automerge rolls a failed changeAt back but leaves the document isolated at `at`.

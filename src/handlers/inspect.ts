@@ -9,6 +9,12 @@ import { requireRole, type App, type Handlers } from '../server/App.js';
 import { toActorEvent } from '../server/SubscriptionHub.js';
 
 /**
+ * Kinds whose reads check nothing beyond the tenant. Any other kind, including one added later,
+ * is for admins only until it is listed here.
+ */
+const OPEN_KINDS: ReadonlySet<string> = new Set(['task', 'agent', 'rule', 'policy', 'workflow', 'template', 'execution', 'fieldpolicy', 'ratelimit', 'quota']);
+
+/**
  * `actor.inspect`: an actor's state at any version, rebuilt from its stored events the way the
  * runtime rebuilds it (as `actors/replay.ts` folds a stream: the machine alone, no effects run).
  * The `/viz` page steps through a timeline with it.
@@ -19,12 +25,6 @@ import { toActorEvent } from '../server/SubscriptionHub.js';
  * permission guard like any read: the resource, the events and the definition are recognised by
  * their shape.
  */
-/**
- * Kinds whose reads check nothing beyond the tenant. Any other kind, including one added later,
- * is for admins only until it is listed here.
- */
-const OPEN_KINDS: ReadonlySet<string> = new Set(['task', 'agent', 'rule', 'policy', 'workflow', 'template', 'execution', 'fieldpolicy', 'ratelimit', 'quota']);
-
 export function inspectHandlers(app: App): Handlers {
   const { store } = app;
   const kinds = new Map<string, ActorKind>(actorKinds.map((k) => [k.kind, k]));

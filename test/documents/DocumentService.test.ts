@@ -1,4 +1,5 @@
 import * as Automerge from '@automerge/automerge';
+import fc from 'fast-check';
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { ActorHost } from '../../actors/ActorHost.js';
@@ -8,6 +9,7 @@ import type { Store } from '../../actors/Store.js';
 import { documentMachine } from '../../machines/documentMachine.js';
 import { ProtocolError } from '../../protocol/errors.js';
 import { DocumentService, type DocumentLimits, type DocumentRef } from '../../src/documents/DocumentService.js';
+import { DocumentEditor, type DocumentEdit } from '../../src/documents/edits.js';
 import { documentKind } from '../../src/kinds/documentKind.js';
 import { MemoryStore } from '../../src/storage/MemoryStore.js';
 import { fakeClock, type FakeClock } from '../helpers/clock.js';
@@ -318,6 +320,59 @@ test('every change is in the audit trail with its principal and paths, per membe
   const bobs = page.items.flatMap((i) => (i.outcome === 'accepted' ? [i.event.data.paths] : []));
   assert.equal(bobs, [['/a/y'], ['/b']]);
   await s.host.close();
+});
+
+test('random edits, edits at older heads and merges: memory, a reload and the stored changes always agree', async () => {
+  const keys = ['a', 'b', 't', 'l'];
+  const path = fc.constantFrom(...keys.map((k) => `/${k}`), '/l/0', '/l/-', '/m/x');
+  const edit = fc.oneof(
+    fc.record({ ops: fc.array(fc.oneof(
+      fc.record({ op: fc.constant('set' as const), path, value: fc.oneof(fc.integer({ min: -9, max: 9 }), fc.string({ maxLength: 5 }), fc.constant([1, 2])) }),
+      fc.record({ op: fc.constant('increment' as const), path, by: fc.integer({ min: -3, max: 3 }) }),
+      fc.record({ op: fc.constant('addToSet' as const), path, value: fc.integer({ min: 0, max: 3 }) }),
+      fc.record({ op: fc.constant('delete' as const), path }),
+    ), { minLength: 1, maxLength: 3 }) }),
+    fc.record({ splices: fc.array(fc.record({ path, index: fc.integer({ min: 0, max: 4 }), deleteCount: fc.integer({ min: 0, max: 2 }), insert: fc.string({ maxLength: 3 }) }), { minLength: 1, maxLength: 2 }) }),
+  );
+  const step = fc.record({ edit, atOlder: fc.boolean(), merge: fc.boolean() });
+  await fc.assert(
+    fc.asyncProperty(fc.array(step, { minLength: 1, maxLength: 15 }), async (steps) => {
+      const s = setup();
+      try {
+        await s.docs.edit(STATE, ada, { ops: [{ op: 'set', path: '/t', value: 'text' }, { op: 'set', path: '/l', value: [0] }] }, create);
+        const seen: string[][] = [];
+        for (const { edit: e, atOlder, merge } of steps) {
+          const current = (await s.docs.get(STATE, { includeAutomerge: merge }))!;
+          seen.push(current.summary.heads);
+          const at = atOlder ? seen[Math.floor(seen.length / 2)] : undefined;
+          if (merge) {
+            // An Automerge client edits its own copy and merges the change.
+            const mine = Automerge.load<unknown>(new Uint8Array(Buffer.from(current.automerge!, 'base64')));
+            let next: Automerge.Doc<unknown>;
+            try {
+              next = Automerge.change(mine, (d) => new DocumentEditor(d).apply(e as DocumentEdit));
+            } catch (err) {
+              if (err instanceof ProtocolError) continue;
+              throw err;
+            }
+            const changes = Automerge.getChangesSince(next, current.summary.heads).map((c) => Buffer.from(c).toString('base64'));
+            if (changes.length > 0) await s.docs.merge(STATE, bob, changes);
+            continue;
+          }
+          await s.docs.edit(STATE, ada, e as DocumentEdit, { expectedHeads: at }).catch((err: unknown) => {
+            if (!(err instanceof ProtocolError) || err.reason !== 'INVALID_PARAMS') throw err;
+          });
+        }
+        const live = await content(s);
+        assert.equal(await fromStore(s.store), live, 'the store has exactly the changes acknowledged');
+        s.docs.unloadAll();
+        assert.equal(await content(s), live, 'a reload gives the same content');
+      } finally {
+        await s.host.close();
+      }
+    }),
+    { numRuns: 40 },
+  );
 });
 
 test.run();

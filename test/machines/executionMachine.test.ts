@@ -651,8 +651,9 @@ test('a saga with nothing to undo ends failed at once', () => {
   sim.start('b');
   assert.equal(sim.fail('b', 'boom'), []);
   assert.is(sim.phase, 'failed');
-  assert.equal(sim.traceLines.slice(-2), ['execution.compensating - -', 'execution.failed - -']);
-  assert.match(sim.x.trace.at(-2)!.detail, /compensating nothing in reverse order/);
+  assert.equal(sim.traceLines.slice(-2), ['step.failed b 1', 'execution.failed - -']);
+  assert.match(sim.x.trace.at(-1)!.detail, /Step b failed: boom; no completed step has a compensation, so there is nothing to undo/);
+  assert.is(sim.x.error, 'Step b failed: boom');
 });
 
 // ---------------------------------------------------------------------------------------------

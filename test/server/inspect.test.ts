@@ -95,7 +95,7 @@ test('shows the state after each event of a task, as replaying its stream does',
   assert.equal(head.events, (await t.eye.call('task.timeline', { taskId: id })).items);
 });
 
-test('any principal of the tenant may inspect any kind: agents and observers too', async (ctx) => {
+test('any principal of the tenant may inspect the kinds all of them may read: agents and observers too', async (ctx) => {
   const t = await team(ctx);
   const id = await lifecycle(t);
   const rule = await t.lead.call('rule.register', { name: 'small', category: 'task.validation', expression: 'size(task.title) < 100' });
@@ -105,6 +105,19 @@ test('any principal of the tenant may inspect any kind: agents and observers too
     assert.equal([agent.stateValue, agent.resource?.id], ['registered', 'worker']);
     const r = await c.call('actor.inspect', { kind: 'rule', id: rule.id });
     assert.equal([r.status, r.resource], ['enabled', await c.call('rule.get', { ruleId: rule.id })]);
+  }
+});
+
+test('workspaces and documents, whose reads depend on membership, are for admins only, existing or not', async (ctx) => {
+  const t = await team(ctx);
+  const ws = await t.lead.call('workspace.create', { name: 'war room', visibility: 'private' });
+  const admin = await t.lead.call('actor.inspect', { kind: 'workspace', id: ws.id });
+  assert.equal([admin.exists, admin.resource?.id], [true, ws.id]);
+  for (const c of [t.worker, t.eye]) {
+    const real = await refusal(c.call('actor.inspect', { kind: 'workspace', id: ws.id }), ErrorCodes.FORBIDDEN);
+    const made = await refusal(c.call('actor.inspect', { kind: 'workspace', id: 'no-such-room' }), ErrorCodes.FORBIDDEN);
+    assert.is(real.message, made.message);
+    await refusal(c.call('actor.inspect', { kind: 'document', id: 'notes' }), ErrorCodes.FORBIDDEN);
   }
 });
 

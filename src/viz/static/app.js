@@ -74,6 +74,7 @@ function wsUrl() {
 }
 
 function signedOutView(reason) {
+  $('picker-count').textContent = 'Enter a key of your tenant to list its actors.';
   $('key-form').hidden = false;
   $('sign-out').hidden = true;
   $('whoami').textContent = '';

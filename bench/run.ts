@@ -6,6 +6,7 @@ import { parseArgs } from 'node:util';
 import { performance } from 'node:perf_hooks';
 import { ASSIGN_AGENTS, assignmentRows, E2E, FANNED_OUT, RULE_EXPRESSION, type AssignmentSetup } from './assignment.js';
 import { Child } from './child.js';
+import { floodChecks, floodRows, floodWindows, printFlood } from './flood.js';
 import { timed, type Work } from './loadgen.js';
 import { closeAll, fmt, measure, ms, openConns, pad, padEnd, type Row } from './measure.js';
 import { summarizeProfile, printProfile } from './profile.js';
@@ -531,11 +532,17 @@ async function main(): Promise<void> {
     process.stdout.write(`\nTroupe: workflows, ${WF_AGENTS} instant agents (warm-up ${wfWindows.warmupMs} ms + window ${wfWindows.measureMs} ms per row, a fresh node per row)\n`);
     w = await workflowRows({ windows: wfWindows, nodeArgs: nodeArgsFromEnv() });
   }
+  let fl: Awaited<ReturnType<typeof floodRows>> | undefined;
+  if (!assignmentOnly && !workflowsOnly) {
+    process.stdout.write(`\nTroupe: flood, tenant B's agents idle vs while one agent of tenant A floods (bench/flood.ts)\n`);
+    fl = await floodRows({ windows: floodWindows(!!flags.quick), nodeArgs: nodeArgsFromEnv() });
+  }
   printTable(raw, t?.rows ?? []);
   if (rules.length > 0) printRules(rules);
   if (a) printAssignment(raw, a.rows, a.setup);
   if (w) printWorkflows(raw, w.rows);
-  const cs = [...checks(raw, t?.rows ?? []), ...(a ? assignmentChecks(rules, a.rows) : []), ...(w ? workflowChecks(w.rows) : [])];
+  if (fl) printFlood(fl);
+  const cs = [...checks(raw, t?.rows ?? []), ...(a ? assignmentChecks(rules, a.rows) : []), ...(w ? workflowChecks(w.rows) : []), ...(fl ? floodChecks(fl) : [])];
   process.stdout.write('\nTargets\n');
   for (const c of cs) process.stdout.write(`  [${c.pass ? 'PASS' : 'MISS'}] ${c.target}: ${c.detail}\n`);
   const file = path.join(resultsDir, assignmentOnly ? 'latest-assignment.json' : workflowsOnly ? 'latest-workflows.json' : 'latest.json');
@@ -559,6 +566,7 @@ async function main(): Promise<void> {
         assignmentSetup: a?.setup ?? null,
         assignment: a?.rows ?? [],
         workflows: w?.rows ?? [],
+        flood: fl ?? null,
         checks: cs,
       },
       null,

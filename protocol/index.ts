@@ -12,3 +12,5 @@ export * from './quotas.js';
 export * from './audit.js';
 export * from './fieldPolicy.js';
 export * from './workspaces.js';
+export * from './documents.js';
+export * from './inspect.js';

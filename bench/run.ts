@@ -6,6 +6,7 @@ import { parseArgs } from 'node:util';
 import { performance } from 'node:perf_hooks';
 import { ASSIGN_AGENTS, assignmentRows, E2E, FANNED_OUT, RULE_EXPRESSION, type AssignmentSetup } from './assignment.js';
 import { Child } from './child.js';
+import { ALL_DELIVERED, documentRows, FANOUT_LEVELS } from './documents.js';
 import { floodChecks, floodRows, floodWindows, printFlood } from './flood.js';
 import { timed, type Work } from './loadgen.js';
 import { closeAll, fmt, measure, ms, openConns, pad, padEnd, type Row } from './measure.js';
@@ -35,6 +36,15 @@ import { CALLS_PER_EXECUTION, FIRST_OFFER, WF_AGENTS, workflowRows } from './wor
  *   executions in flight: `workflow.execute` until the first step's inbox notification, and until
  *   the execution's completed notification; executions/s. Windows BENCH_WF_WARMUP_MS,
  *   BENCH_WF_MEASURE_MS.
+ * - Flood (bench/flood.ts, not with `--only`): tenant B's 10 lifecycle agents on an idle node, then
+ *   while one agent of tenant A floods `task.create` under a tenant rate-limit override.
+ * - Documents (bench/documents.ts): the workspace state document. A fresh node per row, one writer
+ *   connection (1 call in flight) and 10 or 100 member connections subscribed to
+ *   `document:<id>:state`: `workspace.updateState` (a `set` and an `increment`, applied to the
+ *   Automerge document) at 10 and 100 subscribers and `workspace.mergeState` (an Automerge change
+ *   made on the writer's own copy) at 100, from just before the call until each subscriber's
+ *   notification; then, in this process, loading a state document of 10,000 changes from the
+ *   store. Windows BENCH_DOC_WARMUP_MS, BENCH_DOC_MEASURE_MS.
  * - Every row: warm-up, then a fixed window; closed loop; exact percentiles from all samples.
  *
  * Flags: `--quick` (short windows), `--only assignment` (rules, baseline and the assignment
@@ -71,6 +81,11 @@ const assignWindows = {
 const wfWindows = {
   warmupMs: Number(process.env.BENCH_WF_WARMUP_MS ?? (flags.quick ? 500 : 1000)),
   measureMs: Number(process.env.BENCH_WF_MEASURE_MS ?? (flags.quick ? 1500 : 3500)),
+};
+/** The document fan-out rows: one update in flight, each delivered to 10 or 100 subscribers. */
+const docWindows = {
+  warmupMs: Number(process.env.BENCH_DOC_WARMUP_MS ?? (flags.quick ? 500 : 1000)),
+  measureMs: Number(process.env.BENCH_DOC_MEASURE_MS ?? (flags.quick ? 1500 : 3000)),
 };
 const nodeArgsFromEnv = () => (process.env.BENCH_NODE_ARGS ?? '').split(' ').filter(Boolean);
 const AGENTS = 100;
@@ -391,6 +406,76 @@ function workflowChecks(rows: Row[]): Check[] {
   return result;
 }
 
+type DocumentResult = Awaited<ReturnType<typeof documentRows>>;
+
+/** Subscribers of a document fan-out row (its name ends in "→ N subs"), and the method it calls. */
+function docRowInfo(r: Row): { subscribers: number; method: string } {
+  return {
+    subscribers: Number(/→ (\d+) subs$/.exec(r.name)?.[1] ?? NaN),
+    method: r.name.startsWith('mergeState') ? 'workspace.mergeState' : 'workspace.updateState',
+  };
+}
+
+/** The document rows: send → delivery to each subscriber next to the raw ws round trip; and loading a document of 10,000 changes. */
+function printDocuments(raw: Row[], d: DocumentResult): void {
+  const b1 = raw.find((r) => r.clients === 1 && r.inFlightPerClient === 1)!;
+  const out: string[] = [];
+  out.push('');
+  out.push(
+    `Workspace state document: one writer (1 call in flight) changes it; ${FANOUT_LEVELS.join(' or ')} member connections subscribed to document:<id>:state receive each change (a fresh node per row)`,
+  );
+  out.push(
+    `  ${padEnd('scenario', 32)} ${pad('subs', 4)} ${pad('upd/s', 6)} │ ${pad('delivered p50', 13)} ${pad('p90', 6)} ${pad('p99', 6)} ${pad('max', 6)} │ ${pad('last sub p50', 12)} ${pad('p99', 6)} │ ${pad('call p50', 8)} ${pad('p99', 6)} │ ${pad('raw 1×1 p50', 11)} ${pad('p99', 5)} ${pad('raw N×1 p99', 11)} │ ${pad('srv CPU', 7)} ${pad('µs/upd', 6)} ${pad('RSS MiB', 7)} ${pad('other', 6)}`,
+  );
+  for (const r of d.rows) {
+    const { subscribers, method } = docRowInfo(r);
+    const bN = raw.find((x) => x.clients === subscribers && x.inFlightPerClient === 1);
+    const all = r.byMethodMs?.[ALL_DELIVERED];
+    const call = r.byMethodMs?.[method];
+    const l = r.latencyMs;
+    const label = method === 'workspace.mergeState' ? 'mergeState (an Automerge change)' : 'updateState (set + increment)';
+    out.push(
+      `  ${padEnd(label, 32)} ${pad(String(subscribers), 4)} ${pad(fmt(r.unitsPerSec ?? NaN), 6)} │ ${pad(ms(l.p50), 13)} ${pad(ms(l.p90), 6)} ${pad(ms(l.p99), 6)} ${pad(ms(l.max), 6)} │ ${pad(ms(all?.p50 ?? NaN), 12)} ${pad(ms(all?.p99 ?? NaN), 6)} │ ${pad(ms(call?.p50 ?? NaN), 8)} ${pad(ms(call?.p99 ?? NaN), 6)} │ ${pad(ms(b1.latencyMs.p50), 11)} ${pad(ms(b1.latencyMs.p99), 5)} ${pad(ms(bN?.latencyMs.p99 ?? NaN), 11)} │ ${pad(fmt(r.serverCpuPct ?? NaN) + '%', 7)} ${pad(fmt(r.serverCpuUsPerUnit ?? NaN), 6)} ${pad(fmt((r.serverRssBytes ?? NaN) / 2 ** 20), 7)} ${pad(fmt(r.otherCpuPct ?? NaN) + '%', 6)}` +
+        (r.errors ? `  ERRORS ${r.errors}: ${r.firstError}` : ''),
+    );
+  }
+  out.push('  (latencies in ms from just before the call is sent; delivered = until each subscriber\'s subscription.event (one sample per');
+  out.push('   subscriber and update); last sub = until the last subscriber\'s; call = until the writer\'s reply; upd/s = updates per second,');
+  out.push('   each stored (synchronous=FULL) and delivered to every subscriber before the next; raw 1×1 = the raw ws round trip at 1 client ×');
+  out.push('   1 in flight, raw N×1 = at as many clients as subscribers; µs/upd = server CPU per update; state compacted every 500 changes)');
+  const noisy = d.rows.filter((r) => (r.otherCpuPct ?? 0) > 15);
+  if (noisy.length > 0) out.push(`  WARNING: ${noisy.length} row(s) ran while other processes used more than 15% CPU; rerun on a quiet machine.`);
+  const ld = d.load;
+  out.push('');
+  out.push(
+    `Loading a state document of ${fmt(ld.changes)} changes from the store (SQLite, ${fmt(ld.storeBytes / 2 ** 20, 1)} MiB; a fresh actor host and document service per load; built in ${fmt(ld.buildSeconds, 1)} s)`,
+  );
+  out.push(
+    `  ${padEnd('right after a compacted save', 62)} p50 ${pad(ms(ld.loadMs.p50), 7)}  p99 ${pad(ms(ld.loadMs.p99), 7)} ms  (${ld.loadMs.count} loads, first ${ms(ld.firstLoadMs)} ms; ${ld.changesAppliedAfterSave} changes applied after the save, ${ld.eventsRead} events read)`,
+  );
+  out.push(
+    `  ${padEnd(`${fmt(ld.worstCase.changes)} changes, ${ld.worstCase.changesAppliedAfterSave} after the save (worst case between saves)`, 62)} p50 ${pad(ms(ld.worstCase.loadMs.p50), 7)}  p99 ${pad(ms(ld.worstCase.loadMs.p99), 7)} ms`,
+  );
+  out.push(`  ${padEnd(`without compaction: all ${fmt(ld.changes)} changes in one applyChanges`, 62)} p50 ${pad(ms(ld.replayAllMs.p50), 7)}  p99 ${pad(ms(ld.replayAllMs.p99), 7)} ms  (Automerge alone, no store)`);
+  process.stdout.write(out.join('\n') + '\n');
+}
+
+function documentChecks(d: DocumentResult): Check[] {
+  const at100 = d.rows.filter((r) => docRowInfo(r).subscribers === 100);
+  const detail =
+    at100.map((r) => `${docRowInfo(r).method} p50 ${ms(r.latencyMs.p50)} ms, p99 ${ms(r.latencyMs.p99)} ms` + (r.errors ? `, ${r.errors} errors (${r.firstError})` : '')).join('; ') ||
+    'no row with 100 subscribers';
+  const span = 'send → each subscriber\'s notification';
+  return ([
+    [20, 'seed'],
+    [10, 'aim'],
+  ] as const).map(([limit, kind]) => ({
+    target: `state update fanned out to 100 subscribers p99 < ${limit} ms (${kind})`,
+    pass: at100.length > 0 && at100.every((r) => r.latencyMs.p99 < limit && r.errors === 0),
+    detail: `${span}: ${detail}`,
+  }));
+}
+
 interface Check {
   target: string;
   pass: boolean;
@@ -537,12 +622,20 @@ async function main(): Promise<void> {
     process.stdout.write(`\nTroupe: flood, tenant B's agents idle vs while one agent of tenant A floods (bench/flood.ts)\n`);
     fl = await floodRows({ windows: floodWindows(!!flags.quick), nodeArgs: nodeArgsFromEnv() });
   }
+  let docs: DocumentResult | undefined;
+  if (!assignmentOnly && !workflowsOnly) {
+    process.stdout.write(
+      `\nTroupe: workspace state document fanned out to ${FANOUT_LEVELS.join(' and ')} subscribers (warm-up ${docWindows.warmupMs} ms + window ${docWindows.measureMs} ms per row, a fresh node per row), and loading a document of 10,000 changes (bench/documents.ts)\n`,
+    );
+    docs = await documentRows({ windows: docWindows, nodeArgs: nodeArgsFromEnv() });
+  }
   printTable(raw, t?.rows ?? []);
   if (rules.length > 0) printRules(rules);
   if (a) printAssignment(raw, a.rows, a.setup);
   if (w) printWorkflows(raw, w.rows);
   if (fl) printFlood(fl);
-  const cs = [...checks(raw, t?.rows ?? []), ...(a ? assignmentChecks(rules, a.rows) : []), ...(w ? workflowChecks(w.rows) : []), ...(fl ? floodChecks(fl) : [])];
+  if (docs) printDocuments(raw, docs);
+  const cs = [...checks(raw, t?.rows ?? []), ...(a ? assignmentChecks(rules, a.rows) : []), ...(w ? workflowChecks(w.rows) : []), ...(fl ? floodChecks(fl) : []), ...(docs ? documentChecks(docs) : [])];
   process.stdout.write('\nTargets\n');
   for (const c of cs) process.stdout.write(`  [${c.pass ? 'PASS' : 'MISS'}] ${c.target}: ${c.detail}\n`);
   const file = path.join(resultsDir, assignmentOnly ? 'latest-assignment.json' : workflowsOnly ? 'latest-workflows.json' : 'latest.json');
@@ -559,6 +652,8 @@ async function main(): Promise<void> {
           assignMeasureMs: assignWindows.measureMs,
           workflowWarmupMs: wfWindows.warmupMs,
           workflowMeasureMs: wfWindows.measureMs,
+          documentWarmupMs: docWindows.warmupMs,
+          documentMeasureMs: docWindows.measureMs,
         },
         baseline: raw,
         troupe: t?.rows ?? [],
@@ -567,6 +662,7 @@ async function main(): Promise<void> {
         assignment: a?.rows ?? [],
         workflows: w?.rows ?? [],
         flood: fl ?? null,
+        documents: docs ?? null,
         checks: cs,
       },
       null,

@@ -94,6 +94,8 @@ export interface DocumentSummary {
 /** A document with its content (plain JSON: counters as numbers, dates as ISO strings, bytes as base64). */
 export interface SharedDocument extends DocumentSummary {
   content: Record<string, unknown>;
+  /** The document's automerge-repo URL (`automerge:…`), for clients that sync it over `/sync`. */
+  automergeUrl: string;
   /** The whole document as `Automerge.save()` output in base64, when asked for with `includeAutomerge`. */
   automerge?: string;
 }
@@ -108,6 +110,8 @@ export interface WorkspaceState {
   size: number;
   updatedAt: string | null;
   automerge?: string;
+  /** The state document's automerge-repo URL (`automerge:…`), for clients that sync it over `/sync`. */
+  automergeUrl: string;
 }
 
 /** One entry of a document's history: a version that can be restored. */

@@ -7,6 +7,7 @@ import type { DocumentEdit } from '../documents/edits.js';
 import type { DocumentRead, DocumentRef, DocumentService } from '../documents/DocumentService.js';
 import { queryPage, type App, type AuthedContext, type Handlers } from '../server/App.js';
 import type { WorkspaceAccess } from '../workspaces/access.js';
+import { automergeUrlOf } from '../sync/automergeUrl.js';
 
 /** The title and kind a workspace's state document is created with by its first change. */
 const STATE = { title: 'Workspace state', kind: 'state' } as const;
@@ -19,7 +20,7 @@ function editOf(p: { ops?: unknown; patch?: unknown; splices?: unknown }): Docum
 }
 
 function sharedDocument(r: DocumentRead): SharedDocument {
-  return { ...r.summary, content: r.content, ...(r.automerge !== undefined ? { automerge: r.automerge } : {}) };
+  return { ...r.summary, content: r.content, automergeUrl: automergeUrlOf(r.summary.workspaceId, r.summary.id), ...(r.automerge !== undefined ? { automerge: r.automerge } : {}) };
 }
 
 /**
@@ -42,8 +43,8 @@ export function documentHandlers(app: App): Handlers {
       await access.require(ctx.principal, workspaceId, 'workspace:read');
       const r = await docs.get(ref(ctx.principal, workspaceId, STATE_DOCUMENT_ID), { includeAutomerge });
       const state: WorkspaceState = r
-        ? { workspaceId, state: r.content, heads: r.summary.heads, version: r.summary.version, size: r.summary.size, updatedAt: r.summary.updatedAt }
-        : { workspaceId, state: {}, heads: [], version: 0, size: 0, updatedAt: null };
+        ? { workspaceId, state: r.content, heads: r.summary.heads, version: r.summary.version, size: r.summary.size, updatedAt: r.summary.updatedAt, automergeUrl: automergeUrlOf(workspaceId, STATE_DOCUMENT_ID) }
+        : { workspaceId, state: {}, heads: [], version: 0, size: 0, updatedAt: null, automergeUrl: automergeUrlOf(workspaceId, STATE_DOCUMENT_ID) };
       if (includeAutomerge) state.automerge = r?.automerge ?? Buffer.from(Automerge.save(Automerge.init())).toString('base64');
       return state;
     },

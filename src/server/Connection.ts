@@ -39,10 +39,46 @@ export class Connection {
   /** Bytes of the frames in `#queue`: they are unsent output too. */
   #heldBytes = 0;
   #closed = false;
+  /** Requests in progress beyond which the server stops reading this connection's frames. */
+  #maxInFlight: number;
+  /** Until when reading is paused after a rate-limit refusal (ms since epoch), or 0. */
+  #throttledUntil = 0;
+  #throttle: NodeJS.Timeout | null = null;
 
-  constructor(id: string, ws: WebSocket) {
+  /**
+   * @param maxInFlight Requests in progress at which reading pauses (it resumes at half). A
+   * flooding client's frames then wait in its own TCP buffers instead of in the server's event
+   * loop, so they cannot delay other clients' calls.
+   */
+  constructor(id: string, ws: WebSocket, maxInFlight = 64) {
     this.id = id;
     this.ws = ws;
+    this.#maxInFlight = maxInFlight;
+  }
+
+  /**
+   * Stops reading this connection's frames for `ms` (a client that was just refused for going
+   * too fast would only be refused again): what it sends meanwhile waits in its socket.
+   */
+  throttle(ms: number, now = Date.now()): void {
+    if (ms <= 0 || this.#closed) return;
+    this.#throttledUntil = Math.max(this.#throttledUntil, now + ms);
+    if (this.#throttle) clearTimeout(this.#throttle);
+    this.#throttle = setTimeout(() => {
+      this.#throttle = null;
+      this.#throttledUntil = 0;
+      this.#flow();
+    }, this.#throttledUntil - now);
+    this.#throttle.unref();
+    this.#flow();
+  }
+
+  /** Pauses or resumes reading by the requests in progress and any throttle. */
+  #flow(): void {
+    if (this.#closed || this.ws.readyState !== this.ws.OPEN) return;
+    const stop = this.#throttledUntil > 0 || this.#pending.size >= this.#maxInFlight;
+    if (stop && !this.ws.isPaused) this.ws.pause();
+    else if (!stop && this.ws.isPaused && this.#pending.size <= this.#maxInFlight / 2) this.ws.resume();
   }
 
   /** The correlation id of a request on this connection. */
@@ -53,6 +89,7 @@ export class Connection {
   /** Marks a request as in progress so notifications it causes are held until its reply. */
   begin(correlationId: string): void {
     this.#pending.add(correlationId);
+    if (this.#pending.size >= this.#maxInFlight) this.#flow();
   }
 
   /** Sends the reply(ies) of a request, then the notifications that were waiting for it. */
@@ -60,6 +97,7 @@ export class Connection {
     if (response !== null) this.#write(JSON.stringify(response));
     for (const c of correlationIds) this.#pending.delete(c);
     this.#drain();
+    if (this.ws.isPaused) this.#flow();
   }
 
   /** Sends a server push, or queues it behind the reply of the request that caused it. */
@@ -100,6 +138,7 @@ export class Connection {
   close(code: number, reason: string): void {
     if (this.#closed) return;
     this.#closed = true;
+    if (this.#throttle) clearTimeout(this.#throttle);
     try {
       this.ws.close(code, reason.slice(0, 120));
     } catch {

@@ -46,6 +46,7 @@ import { workspaceHandlers } from '../handlers/workspaces.js';
 import { WorkspaceService } from '../workspaces/WorkspaceService.js';
 import { documentHandlers } from '../handlers/documents.js';
 import { DocumentService, type DocumentLimits } from '../documents/DocumentService.js';
+import { SyncServer } from '../sync/SyncServer.js';
 import { actorKinds } from '../kinds/index.js';
 import { createLogger, type Logger } from '../logger.js';
 import { Metrics, methodLabel } from '../observability/Metrics.js';
@@ -176,6 +177,8 @@ export class TroupeServer {
   /** Read per message: creating child loggers only pays off when debug lines are written. */
   #debug: boolean;
   #inspector: StatelyInspector | null;
+  /** The automerge-repo endpoint `/sync`, made on its first connection. */
+  #sync: SyncServer | null = null;
 
   /** This server's Prometheus metrics, served at `/metrics`. */
   readonly metrics: Metrics;
@@ -278,6 +281,10 @@ export class TroupeServer {
     this.#wss = new WebSocketServer({ noServer: true, maxPayload: this.#maxFrame * HARD_FRAME_FACTOR });
     this.#http.on('upgrade', (req, socket, head) => {
       const url = new URL(req.url ?? '/', 'http://x');
+      if (url.pathname === '/sync') {
+        this.#sync ??= new SyncServer({ app: this.app, credentialCheckMs: opts.credentialCheckMs, maxBufferedBytes: opts.maxBufferedBytes });
+        return this.#sync.handleUpgrade(req, socket, head);
+      }
       if (url.pathname !== '/v1') {
         socket.end('HTTP/1.1 404 Not Found\r\nConnection: close\r\n\r\n');
         return;
@@ -322,6 +329,7 @@ export class TroupeServer {
         c.close(CloseCodes.GOING_AWAY, 'server shutting down');
       }
       this.#wss.close();
+      this.#sync?.close();
       await new Promise<void>((resolve) => {
         this.#http.close(() => resolve());
         this.#http.closeAllConnections();
@@ -564,6 +572,9 @@ export class TroupeServer {
         const error = this.#toProtocolError(e, req.method, messageLog());
         this.metrics.error(method, error.reason);
         this.app.audit?.refused(conn.principal, req.method, req.params, error, correlationId);
+        // A client going too fast stops being read until it may send again (at most a second),
+        // so its next frames cost nothing instead of being refused one by one.
+        if (error.reason === 'RATE_LIMITED' && typeof error.data.retryAfterMs === 'number') conn.throttle(Math.min(error.data.retryAfterMs, 1000));
         span.setAttribute('outcome', error.reason);
         span.setStatus({ code: SpanStatusCode.ERROR, message: error.reason });
         return req.id === undefined ? null : errorResponse(req.id, error);

@@ -67,7 +67,7 @@ test('editors change the state with ops, JSON Patch and splices; subscribers get
   const { lead, ed, viewer, w } = await team(ctx.ts, ++ctx.n);
   const sub = await follower(viewer, `document:${w.id}:state`);
   const empty = await viewer.call('workspace.getState', { workspaceId: w.id });
-  assert.equal(empty, { workspaceId: w.id, state: {}, heads: [], version: 0, size: 0, updatedAt: null });
+  assert.equal(empty, { workspaceId: w.id, state: {}, heads: [], version: 0, size: 0, updatedAt: null, automergeUrl: empty.automergeUrl });
   const r1 = await ed.call('workspace.updateState', { workspaceId: w.id, ops: [{ op: 'set', path: '/plan', value: { title: 'Ship 7', steps: ['build'] } }, { op: 'increment', path: '/builds' }] });
   assert.equal([r1.changed, r1.version, r1.paths], [true, 1, ['/builds', '/plan']]);
   await lead.call('workspace.updateState', { workspaceId: w.id, patch: [{ op: 'add', path: '/plan/steps/-', value: 'test' }, { op: 'replace', path: '/plan/title', value: 'Ship 7.1' }] });

@@ -334,3 +334,33 @@ export interface Store {
   /** Flushes pending commits and closes; safe to call twice. */
   close(): Promise<void>;
 }
+
+/**
+ * The Store methods that only read. Retrying them is safe (the resilient store does), and tracing
+ * wraps them in spans; the background polls among them are listed in {@link STORE_POLLS}.
+ */
+export const STORE_READS = [
+  'readStream',
+  'streamInfo',
+  'loadSnapshot',
+  'readTopic',
+  'readFeed',
+  'headPosition',
+  'listStreams',
+  'getView',
+  'getViews',
+  'queryViews',
+  'statsViews',
+  'dueTimers',
+  'nextTimerAt',
+  'pendingOutbox',
+  'getIdempotency',
+  'getTenant',
+  'listTenants',
+  'getApiKey',
+  'listApiKeys',
+  'queryEvents',
+] as const satisfies readonly (keyof Store)[];
+
+/** Reads the server makes on its own schedule (due timers, the outbox), not for a request. */
+export const STORE_POLLS: readonly (typeof STORE_READS)[number][] = ['dueTimers', 'nextTimerAt', 'pendingOutbox'];

@@ -1,5 +1,5 @@
 import { ProxyTracerProvider, SpanStatusCode, trace, type Tracer } from '@opentelemetry/api';
-import type { Store } from '../../actors/Store.js';
+import { STORE_POLLS, STORE_READS, type Store } from '../../actors/Store.js';
 
 /**
  * Store methods that read, each traced as a `store.<method>` span by {@link traceStoreReads}.
@@ -7,25 +7,7 @@ import type { Store } from '../../actors/Store.js';
  * `store.read` span around their snapshot and event reads. Polls that run on their own schedule
  * (due timers, the outbox) are left out: they would make a root span every few milliseconds.
  */
-export const TRACED_STORE_READS = [
-  'readStream',
-  'streamInfo',
-  'loadSnapshot',
-  'readTopic',
-  'readFeed',
-  'headPosition',
-  'listStreams',
-  'getView',
-  'getViews',
-  'queryViews',
-  'statsViews',
-  'getIdempotency',
-  'queryEvents',
-  'getTenant',
-  'listTenants',
-  'getApiKey',
-  'listApiKeys',
-] as const satisfies readonly (keyof Store)[];
+export const TRACED_STORE_READS = STORE_READS.filter((m) => !STORE_POLLS.includes(m));
 
 /**
  * Whether an OpenTelemetry tracer provider is registered now (`trace.setGlobalTracerProvider`,

@@ -11,7 +11,7 @@ import {
   type CircuitBreakerPolicy,
   type IPolicy,
 } from 'cockatiel';
-import type { Store } from '../../actors/Store.js';
+import { STORE_READS, type Store } from '../../actors/Store.js';
 import { ProtocolError } from '../../protocol/errors.js';
 
 /** The state of a circuit breaker, as `/readyz` and logs name it. */
@@ -53,28 +53,7 @@ export interface ResilientStoreOptions {
  * writes, and methods this list does not know yet) is never retried: after a failure its outcome
  * is unknown.
  */
-const READS = new Set<string>([
-  'readStream',
-  'streamInfo',
-  'loadSnapshot',
-  'readTopic',
-  'readFeed',
-  'headPosition',
-  'listStreams',
-  'getView',
-  'getViews',
-  'queryViews',
-  'statsViews',
-  'dueTimers',
-  'nextTimerAt',
-  'pendingOutbox',
-  'getIdempotency',
-  'getTenant',
-  'listTenants',
-  'getApiKey',
-  'listApiKeys',
-  'queryEvents',
-]);
+const READS = new Set<string>(STORE_READS);
 
 /** Methods passed straight through: closing must flush, not be cut short or refused. */
 const DIRECT = new Set<string>(['close']);

@@ -7,6 +7,8 @@ import { summarize, type Latency } from './stats.js';
 
 /** One measured row of the bench (raw baseline, Troupe task path, assignment scenarios). */
 export interface Row {
+  /** The server's /metrics request counts against what the bench sent (Troupe task rows). */
+  metricsCheck?: { agree: boolean; byMethod: Record<string, { sent: number; counted: number }> };
   name: string;
   clients: number;
   inFlightPerClient: number;

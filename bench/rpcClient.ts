@@ -17,6 +17,8 @@ export class RpcConn {
   #next = 1;
   #pending = new Map<number, (reply: RpcReply) => void>();
   #closedError: Error | null = null;
+  /** Requests sent on this connection, by method (compared with the server's /metrics). */
+  readonly sent = new Map<string, number>();
   /** Called with every notification (a message without a numeric id), already parsed. */
   onNotification: ((msg: { method?: string; params?: Record<string, unknown> }) => void) | undefined;
 
@@ -46,6 +48,7 @@ export class RpcConn {
   call(method: string, params: Record<string, unknown>): Promise<RpcReply> {
     if (this.#closedError) return Promise.resolve({ id: 0, error: { code: -1, message: this.#closedError.message } });
     const id = this.#next++;
+    this.sent.set(method, (this.sent.get(method) ?? 0) + 1);
     return new Promise((resolve) => {
       this.#pending.set(id, resolve);
       this.#ws.send(JSON.stringify({ jsonrpc: '2.0', id, method, params }));

@@ -11,6 +11,7 @@ import { floodChecks, floodRows, floodWindows, printFlood } from './flood.js';
 import { timed, type Work } from './loadgen.js';
 import { closeAll, fmt, measure, ms, openConns, pad, padEnd, type Row } from './measure.js';
 import { summarizeProfile, printProfile } from './profile.js';
+import type { RpcConn } from './rpcClient.js';
 import { benchRules } from './rules.js';
 import { CALLS_PER_EXECUTION, FIRST_OFFER, WF_AGENTS, workflowRows } from './workflows.js';
 
@@ -183,12 +184,30 @@ async function troupeRow(
     const u = await server.usage();
     row.serverRssBytes = u.rssBytes;
     row.liveActors = u.activeActors;
+    row.metricsCheck = await metricsAgree(`http://127.0.0.1:${server.hello.port as number}/metrics`, conns);
     return { row, store: server.hello.store as string, sizes };
   } finally {
     await closeAll(conns);
     await server.stop();
     fs.rmSync(dir, { recursive: true, force: true });
   }
+}
+
+/**
+ * The server's `/metrics` request counts next to what this benchmark sent, per method: they must
+ * be equal once every call has been answered (and they are, since the loop waits for replies).
+ */
+async function metricsAgree(url: string, conns: RpcConn[]): Promise<{ agree: boolean; byMethod: Record<string, { sent: number; counted: number }> }> {
+  const sent = new Map<string, number>();
+  for (const c of conns) for (const [m, n] of c.sent) sent.set(m, (sent.get(m) ?? 0) + n);
+  const text = await (await fetch(url)).text();
+  const counted = new Map<string, number>();
+  for (const m of text.matchAll(/^troupe_messages_total\{([^}]*)\} (\d+)/gm)) {
+    const method = /method="([^"]*)"/.exec(m[1]!)?.[1];
+    if (method) counted.set(method, (counted.get(method) ?? 0) + Number(m[2]));
+  }
+  const byMethod = Object.fromEntries([...sent].map(([m, n]) => [m, { sent: n, counted: counted.get(m) ?? 0 }]));
+  return { agree: Object.values(byMethod).every((x) => x.sent === x.counted), byMethod };
 }
 
 /** The thread id in a `--cpu-prof` file name. */
@@ -523,6 +542,16 @@ function checks(raw: Row[], tr: Row[]): Check[] {
   const rawAt = (clients: number) => raw.find((r) => r.clients === clients && r.inFlightPerClient === 1)!;
   const create10 = tr.find((r) => r.name === 'task.create' && r.clients === 10);
   const result: Check[] = [];
+  const scraped = tr.filter((r) => r.metricsCheck);
+  if (scraped.length) {
+    const off = scraped.flatMap((r) => Object.entries(r.metricsCheck!.byMethod).filter(([, x]) => x.sent !== x.counted).map(([m, x]) => `${r.name}@${r.clients}: ${m} sent ${x.sent}, counted ${x.counted}`));
+    const total = scraped.reduce((n, r) => n + Object.values(r.metricsCheck!.byMethod).reduce((k, x) => k + x.sent, 0), 0);
+    result.push({
+      target: '/metrics (troupe_messages_total by method) counts exactly the requests the benchmark sent',
+      pass: off.length === 0,
+      detail: off.length === 0 ? `${fmt(total)} requests in ${scraped.length} rows agree` : off.join('; '),
+    });
+  }
   if (create10) {
     result.push({
       target: 'task.create p99 < 5 ms at 10 concurrent agents',

@@ -192,8 +192,9 @@ test('follows a task through its lifecycle live, and steps back through its time
   await current(page, 'task.live.pending');
   await page.click('#step-forward');
   await current(page, 'task.live.assigned');
-  assert.is(await page.getAttribute('#timeline .event-row[data-version="2"]', 'aria-selected'), 'true');
-  assert.ok((await page.textContent('#event-data'))?.includes('"type": "task.assign"'));
+  // The timeline row and the event panel follow the chart; wait for them rather than read at once.
+  await page.waitForSelector('#timeline .event-row[data-version="2"][aria-selected="true"]', WAIT);
+  await page.waitForFunction(() => document.querySelector('#event-data')?.textContent?.includes('"type": "task.assign"'), undefined, WAIT);
   await shot(page, 'viz-task-stepped-back');
 });
 

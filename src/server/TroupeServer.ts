@@ -177,8 +177,8 @@ export class TroupeServer {
   /** Read per message: creating child loggers only pays off when debug lines are written. */
   #debug: boolean;
   #inspector: StatelyInspector | null;
-  /** The automerge-repo endpoint `/sync`, made on its first connection. */
-  #sync: SyncServer | null = null;
+  /** The automerge-repo endpoint `/sync`. */
+  #sync: SyncServer;
 
   /** This server's Prometheus metrics, served at `/metrics`. */
   readonly metrics: Metrics;
@@ -277,14 +277,12 @@ export class TroupeServer {
       ...inspectHandlers(this.app),
     };
     installGuards(this, this.app, opts);
+    this.#sync = new SyncServer({ app: this.app, credentialCheckMs: opts.credentialCheckMs, maxBufferedBytes: opts.maxBufferedBytes });
     this.#http = http.createServer((req, res) => void this.#http_(req, res));
     this.#wss = new WebSocketServer({ noServer: true, maxPayload: this.#maxFrame * HARD_FRAME_FACTOR });
     this.#http.on('upgrade', (req, socket, head) => {
       const url = new URL(req.url ?? '/', 'http://x');
-      if (url.pathname === '/sync') {
-        this.#sync ??= new SyncServer({ app: this.app, credentialCheckMs: opts.credentialCheckMs, maxBufferedBytes: opts.maxBufferedBytes });
-        return this.#sync.handleUpgrade(req, socket, head);
-      }
+      if (url.pathname === '/sync') return this.#sync.handleUpgrade(req, socket, head);
       if (url.pathname !== '/v1') {
         socket.end('HTTP/1.1 404 Not Found\r\nConnection: close\r\n\r\n');
         return;
@@ -329,7 +327,7 @@ export class TroupeServer {
         c.close(CloseCodes.GOING_AWAY, 'server shutting down');
       }
       this.#wss.close();
-      this.#sync?.close();
+      this.#sync.close();
       await new Promise<void>((resolve) => {
         this.#http.close(() => resolve());
         this.#http.closeAllConnections();

@@ -20,7 +20,7 @@ export const QuotaResources = ['tasks', 'active_tasks', 'workflow_executions_per
 export type QuotaResource = (typeof QuotaResources)[number];
 
 /** The resources the server counts and enforces today. */
-export const EnforcedQuotaResources: readonly QuotaResource[] = ['tasks', 'active_tasks', 'workflow_executions_per_day', 'stored_bytes'];
+export const EnforcedQuotaResources: readonly QuotaResource[] = ['tasks', 'active_tasks', 'workflow_executions_per_day', 'stored_bytes', 'workspaces', 'members_per_workspace'];
 
 /** Use at or above this share of a limit warns the tenant's admins (once per crossing). */
 export const QUOTA_WARN_RATIO = 0.8;

@@ -89,6 +89,19 @@ function isOwner(p: Principal, me: MemberData | undefined): boolean {
  */
 export function workspaceHandlers(app: App): Handlers {
   const { host, store } = app;
+  /** Per tenant, the tail of its serialised workspace creates. */
+  const queues = new Map<string, Promise<unknown>>();
+  function creating<T>(tenant: string, serialise: boolean, fn: () => Promise<T>): Promise<T> {
+    if (!serialise) return fn();
+    const run = (queues.get(tenant) ?? Promise.resolve()).then(fn, fn);
+    const tail = run.catch(() => undefined);
+    queues.set(tenant, tail);
+    void tail.then(() => {
+      if (queues.get(tenant) === tail) queues.delete(tenant);
+    });
+    return run;
+  }
+
   const service = (): WorkspaceService => {
     if (!app.workspaces) throw new ProtocolError('METHOD_NOT_FOUND', 'Workspaces are not available on this server.');
     return app.workspaces;
@@ -173,15 +186,31 @@ export function workspaceHandlers(app: App): Handlers {
       };
       const earlier = await replayed();
       if (earlier) return earlier;
-      try {
-        return await create(ctx, fields, key ? { key, requestHash } : undefined);
-      } catch (e) {
-        if (e instanceof IdempotencyConflict) {
-          const w = await replayed();
-          if (w) return w;
+      const limit = (await app.quotas?.limits(p.tenantId))?.limits.workspaces ?? null;
+      // With a limit, a tenant's creates go one at a time: counting and creating cannot
+      // interleave, so concurrent creates at the limit end exactly at it.
+      return creating(p.tenantId, limit !== null, async () => {
+        if (limit !== null) {
+          const used = [...(await service().tenant(p.tenantId)).live()].length;
+          if (used + 1 > limit) {
+            throw new ProtocolError('QUOTA_EXCEEDED', `Quota exceeded: the tenant may have at most ${limit} workspaces, has ${used}; delete one or ask an admin to raise the limit with quota.set.`, {
+              resource: 'workspaces',
+              limit,
+              used,
+              requested: 1,
+            });
+          }
         }
-        throw e;
-      }
+        try {
+          return await create(ctx, fields, key ? { key, requestHash } : undefined);
+        } catch (e) {
+          if (e instanceof IdempotencyConflict) {
+            const w = await replayed();
+            if (w) return w;
+          }
+          throw e;
+        }
+      });
     },
 
     'workspace.get': async (ctx, { workspaceId }) => {
@@ -231,6 +260,7 @@ export function workspaceHandlers(app: App): Handlers {
 
     'workspace.addMember': async (ctx, { workspaceId, principalId, role, permissions }) => {
       const p = ctx.principal;
+      const memberLimit = (await app.quotas?.limits(p.tenantId))?.limits.members_per_workspace ?? null;
       const r = await change(ctx, workspaceId, { type: 'workspace.addMember', principalId, role, permissions: [...new Set(permissions ?? [])] }, (s) => {
         const me = authorize(p, s, 'member:manage');
         const { workspace: w, members } = s.context;
@@ -244,6 +274,15 @@ export function workspaceHandlers(app: App): Handlers {
           });
         }
         if (role === 'owner' && !isOwner(p, me)) throw ownersOnly(workspaceId, 'add owners');
+        // Checked in the workspace's mailbox, so concurrent additions cannot pass it together.
+        if (memberLimit !== null && members.length >= memberLimit) {
+          throw new ProtocolError('QUOTA_EXCEEDED', `Quota exceeded: a workspace of this tenant may have at most ${memberLimit} members, and ${workspaceId} has ${members.length}; ask an admin to raise the limit with quota.set.`, {
+            resource: 'members_per_workspace',
+            limit: memberLimit,
+            used: members.length,
+            requested: 1,
+          });
+        }
         if (members.length >= w.maxMembers) {
           throw new ProtocolError('QUOTA_EXCEEDED', `Workspace ${workspaceId} has ${members.length} members, its maxMembers; remove a member or raise maxMembers with workspace.update.`, {
             resource: 'workspace_members',

@@ -133,7 +133,7 @@ test('answers unknown paths with 404 and other methods with 405', async (ctx) =>
   assert.is(root.body.websocket, '/v1');
 });
 
-test('refuses a WebSocket upgrade on any path but /v1', async (ctx) => {
+test('refuses a WebSocket upgrade on any path but /v1 and /sync', async (ctx) => {
   const key = await ctx.ts.key('acme', 'lead', ['admin']);
   const base = ctx.ts.url.replace(/\/v1$/, '');
   for (const p of ['/', '/v2', '/v1/extra', '/V1', '/healthz']) {

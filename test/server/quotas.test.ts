@@ -78,7 +78,7 @@ test('an admin sets limits, everyone in the tenant reads them, and "default" and
   const before = await t.eye.call('quota.get', {});
   assert.equal(before.limits, { tasks: null, active_tasks: null, workflow_executions_per_day: null, stored_bytes: null, workspaces: null, members_per_workspace: null });
   assert.equal([before.version, before.overrides, before.updatedBy], [0, {}, null]);
-  assert.equal(before.enforced, ['tasks', 'active_tasks', 'workflow_executions_per_day', 'stored_bytes']);
+  assert.equal(before.enforced, ['tasks', 'active_tasks', 'workflow_executions_per_day', 'stored_bytes', 'workspaces', 'members_per_workspace']);
 
   const set = await t.lead.call('quota.set', { limits: { tasks: 100, active_tasks: 10, workspaces: 3, members_per_workspace: 20 }, expectedVersion: 0 });
   assert.equal([set.version, set.updatedBy, set.limits.tasks, set.limits.active_tasks, set.limits.workspaces, set.limits.members_per_workspace], [1, 'lead', 100, 10, 3, 20]);
@@ -90,9 +90,28 @@ test('an admin sets limits, everyone in the tenant reads them, and "default" and
   assert.equal(again.overrides, { active_tasks: null, workspaces: 3, members_per_workspace: 20 });
   assert.equal([again.limits.tasks, again.limits.active_tasks, again.version], [null, null, 2]);
 
-  // Declared for workspaces: stored and shown, not counted yet.
+  // Workspace limits are enforced where workspaces and members are added (counted there, not here).
   const ws = await usage(t.eye, 'workspaces');
-  assert.equal(ws, { resource: 'workspaces', limit: 3, used: null, reserved: 0, remaining: null, percent: null, enforced: false, warned: false });
+  assert.equal(ws, { resource: 'workspaces', limit: 3, used: null, reserved: 0, remaining: null, percent: null, enforced: true, warned: false });
+});
+
+test('workspaces and members per workspace: concurrent creates at the limit end exactly at it, and additions beyond the member limit are refused', async (ctx) => {
+  const t = await fresh(ctx);
+  await t.lead.call('quota.set', { limits: { workspaces: 3, members_per_workspace: 2 } });
+  const results = await Promise.allSettled(
+    Array.from({ length: 12 }, (_, i) => t.worker.call('workspace.create', { name: `w${i}`, visibility: 'team' })),
+  );
+  const made = results.filter((r) => r.status === 'fulfilled') as PromiseFulfilledResult<{ id: string }>[];
+  assert.is(made.length, 3);
+  for (const r of results) {
+    if (r.status === 'rejected') quotaError(r.reason as ProtocolError, 'workspaces', 3, 3);
+  }
+  const id = made[0]!.value.id;
+  // The creator is the first member; one more fits, the third does not.
+  await t.worker.call('workspace.addMember', { workspaceId: id, principalId: 'ann', role: 'editor' });
+  const e = await refusal(t.worker.call('workspace.addMember', { workspaceId: id, principalId: 'bob', role: 'viewer' }), ErrorCodes.QUOTA_EXCEEDED);
+  assert.equal([e.data.resource, e.data.limit, e.data.used], ['members_per_workspace', 2, 2]);
+  assert.equal((await t.worker.call('workspace.listMembers', { workspaceId: id })).items.map((m: { principalId: string }) => m.principalId).sort(), ['ann', 'worker']);
 });
 
 test('a create beyond the tasks limit is refused with QUOTA_EXCEEDED naming the resource, the limit and the use, and writes nothing', async (ctx) => {

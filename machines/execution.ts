@@ -39,7 +39,16 @@ export interface Started {
 
 /** Every event the execution machine accepts (all stamped with `at` and `by`). */
 export type ExecutionEvent = { at: number; by: string } & (
-  | { type: 'execution.start'; id: string; tenantId: string; workflowId: string; workflowVersion: number; definition: WorkflowDefinition; input: Record<string, unknown> }
+  | {
+      type: 'execution.start';
+      id: string;
+      tenantId: string;
+      workflowId: string;
+      workflowVersion: number;
+      definition: WorkflowDefinition;
+      input: Record<string, unknown>;
+      workspaceId?: string;
+    }
   | {
       type: 'execution.dispatched';
       started?: Started[];
@@ -333,6 +342,7 @@ export function reduce(ctx: ExecutionContext, event: ExecutionEvent): Reduction 
         workflowId: event.workflowId,
         workflowVersion: event.workflowVersion,
         workflowName: def.name,
+        workspaceId: event.workspaceId ?? null,
         input: event.input,
         output: null,
         error: null,

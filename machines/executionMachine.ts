@@ -74,6 +74,7 @@ export const executionMachine = setup({
       workflowId: '',
       workflowVersion: 0,
       workflowName: '',
+      workspaceId: null,
       input: {},
       output: null,
       error: null,

@@ -109,6 +109,12 @@ export const WorkflowDefinitionSchema = z.strictObject({
       timeoutSeconds: z.number().int().min(1).max(31_536_000).optional(),
       /** Lease of every step task (seconds). */
       leaseSeconds: z.number().int().min(1).max(86_400).optional(),
+      /**
+       * Give each execution a shared workspace (team visibility; the executor owns it, the agents
+       * and approvers the definition names are editors); its id is `workspaceId` on the
+       * execution and in every step task's parameters.
+       */
+      workspace: z.boolean().optional(),
     })
     .optional(),
   tags: z.array(z.string().min(1).max(64)).max(32).optional(),
@@ -212,6 +218,8 @@ export interface Execution {
   workflowVersion: number;
   workflowName: string;
   status: ExecutionStatus;
+  /** The execution's shared workspace, when its workflow asks for one (`config.workspace`). */
+  workspaceId: string | null;
   input: Record<string, unknown>;
   output: Record<string, unknown> | null;
   error: string | null;

@@ -10,6 +10,7 @@ import { dependencies } from '../../machines/workflowGraph.js';
 import { ProtocolError } from '../../protocol/errors.js';
 import type { Principal } from '../../protocol/model.js';
 import type { Execution, StepStatus, WorkflowDefinition } from '../../protocol/workflows.js';
+import { DEFAULT_MAX_MEMBERS } from '../../protocol/workspaces.js';
 import { applied, hasRole, queryPage, requireRole, type App, type AuthedContext, type Handlers } from '../server/App.js';
 import { canonicalJson } from './tasks.js';
 
@@ -49,6 +50,43 @@ export function executionHandlers(app: App): Handlers {
       throw new ProtocolError('INVALID_PARAMS', `Workflow ${workflowId} version ${want} is not active; activate it with a new version first.`, { field: 'workflowId' });
     }
     return { definition: found.definition, version: want };
+  }
+
+  /**
+   * The shared workspace of an execution: team-visible, owned by the executor, with the agents
+   * and approvers the definition names as editors (auto-assigned agents can read it; an owner
+   * may add them).
+   */
+  async function executionWorkspace(ctx: AuthedContext, executionId: string, def: WorkflowDefinition): Promise<string> {
+    const p = ctx.principal;
+    const id = uuidv7(app.now());
+    const address = { tenant: p.tenantId, kind: 'workspace', id };
+    const turn = { principal: p.principalId, correlationId: ctx.correlationId };
+    const names = new Set<string>();
+    for (const s of def.steps) {
+      if (s.agent) names.add(s.agent);
+      if (s.compensate?.agent) names.add(s.compensate.agent);
+      for (const a of s.approval?.approvers ?? []) names.add(a);
+    }
+    names.delete(p.principalId);
+    applied(
+      await host.send(address, {
+        type: 'workspace.create',
+        id,
+        tenantId: p.tenantId,
+        name: `${def.name} · execution ${executionId.slice(-12)}`,
+        workspaceType: 'execution',
+        description: `Shared by the steps of execution ${executionId} of workflow ${def.name}.`,
+        visibility: 'team',
+        maxMembers: Math.max(DEFAULT_MAX_MEMBERS, names.size + 1),
+        settings: { executionId },
+        tags: ['execution'],
+      }, { ...turn, fresh: true }),
+    );
+    for (const principalId of names) {
+      await host.send(address, { type: 'workspace.addMember', principalId, role: 'editor', permissions: [] }, turn);
+    }
+    return id;
   }
 
   function fromTurn(r: TurnResult<typeof executionMachine>): Execution {
@@ -118,10 +156,12 @@ export function executionHandlers(app: App): Handlers {
       const def = await definitionOf(p, workflowId, version);
       const id = uuidv7(app.now());
       const quota = await app.quotas?.reserve(p.tenantId, { executions: [id], storage: true });
+      let workspaceId: string | undefined;
       try {
+        if (def.definition.config?.workspace) workspaceId = await executionWorkspace(ctx, id, def.definition);
         const r = await host.send<typeof executionMachine>(
           address(p, id),
-          { type: 'execution.start', id, tenantId: p.tenantId, workflowId, workflowVersion: def.version, definition: def.definition, input: input ?? {} },
+          { type: 'execution.start', id, tenantId: p.tenantId, workflowId, workflowVersion: def.version, definition: def.definition, input: input ?? {}, workspaceId },
           {
             principal: p.principalId,
             correlationId: ctx.correlationId,
@@ -132,6 +172,12 @@ export function executionHandlers(app: App): Handlers {
         return fromTurn(applied(r));
       } catch (e) {
         quota?.release(e);
+        // The execution was not started: its workspace goes too (best effort; it is only a room).
+        if (workspaceId) {
+          await host
+            .send({ tenant: p.tenantId, kind: 'workspace', id: workspaceId }, { type: 'workspace.delete' }, { principal: p.principalId })
+            .catch(() => undefined);
+        }
         if (e instanceof IdempotencyConflict) {
           const first = await replayed();
           if (first) return first;

@@ -144,7 +144,9 @@ export class Dispatcher {
     const x = ctx.execution;
     const field = role === 'step' ? `steps.${stepId}.input` : `steps.${stepId}.compensate.input`;
     const resolved = action.input === undefined ? {} : resolve(action.input, vars, field);
-    const parameters = resolved && typeof resolved === 'object' && !Array.isArray(resolved) ? (resolved as Record<string, unknown>) : { value: resolved };
+    const parameters: Record<string, unknown> =
+      resolved && typeof resolved === 'object' && !Array.isArray(resolved) ? { ...(resolved as Record<string, unknown>) } : { value: resolved };
+    if (x.workspaceId) parameters.workspaceId = x.workspaceId;
     if (action.agent) {
       const dir = await this.#app.directory.tenant(x.tenantId);
       if (!dir.agents.has(action.agent)) throw new Error(`its agent ${action.agent} is not registered`);

@@ -114,6 +114,33 @@ test('a sequential run: each step is a task for its agent, outputs flow into lat
   assert.equal(await t.eye.call('execution.get', { executionId: x.id }), done);
 });
 
+test('a workflow that asks for a shared workspace gets one per execution: the executor owns it, named agents edit it, step tasks know it', async (ctx) => {
+  const t = await team(ctx);
+  const { x } = await run(t, {
+    name: 'together',
+    type: 'sequential',
+    config: { workspace: true },
+    steps: [
+      { id: 'draft', action: 'draft', agent: 'w1', input: { topic: '${input.topic}' } },
+      { id: 'review', action: 'review', agent: 'w2' },
+    ],
+  }, { topic: 'launch' });
+  assert.ok(x.workspaceId, 'the execution names its workspace');
+  const ws = await t.lead.call('workspace.get', { workspaceId: x.workspaceId! });
+  assert.equal([ws.type, ws.visibility, ws.settings], ['execution', 'team', { executionId: x.id }]);
+  const members = (await t.lead.call('workspace.listMembers', { workspaceId: x.workspaceId! })).items.map((m: { principalId: string; role: string }) => `${m.principalId}:${m.role}`).sort();
+  assert.equal(members, ['lead:owner', 'w1:editor', 'w2:editor']);
+  const draft = await doWork(t.lead, t.ag, stepTask(x.id, 'draft'), { text: 'v1' });
+  assert.equal(draft.parameters, { topic: 'launch', workspaceId: x.workspaceId });
+  // The step's agent may write to it.
+  await t.ag.w1!.call('workspace.updateState', { workspaceId: x.workspaceId!, ops: [{ op: 'set', path: '/draft', value: 'v1' }] });
+  const state = await t.lead.call('workspace.getState', { workspaceId: x.workspaceId! });
+  assert.equal(state.state, { draft: 'v1' });
+  // Without config.workspace there is none.
+  const plain = await run(t, { name: 'alone', type: 'sequential', steps: [{ id: 'a', action: 'a', agent: 'w1' }] });
+  assert.is(plain.x.workspaceId, null);
+});
+
 test('a parallel diamond: both middle steps are offered at once, and the last only after both completed', async (ctx) => {
   const t = await team(ctx);
   const { x } = await run(t, {

@@ -42,6 +42,7 @@ function exec(id: string, created: number, status: ExecutionStatus, done: number
     id,
     tenantId: 'acme',
     workflowId: 'wf1',
+    workspaceId: null,
     workflowVersion: 1,
     workflowName: 'ci',
     status,

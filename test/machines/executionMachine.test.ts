@@ -223,6 +223,7 @@ test('start records the execution, queues the root steps and asks for a dispatch
     updatedAt: iso(T0),
     completedAt: null,
     cancelReason: null,
+    workspaceId: null,
   });
   assert.equal(trace, [{ at: iso(T0), event: 'execution.started', stepId: null, attempt: null, detail: 'workflow ship version 3' }]);
   assert.equal(sim.snapshot.context.definition, def);

@@ -1,6 +1,7 @@
 import type { SnapshotFrom } from 'xstate';
 import type { ActorAddress, ActorKind } from '../../actors/ActorKind.js';
 import type { ViewRecord } from '../../actors/Store.js';
+import { settingsView } from './settingsView.js';
 import { fieldPolicyMachine, type FieldPolicyData } from '../../machines/fieldPolicyMachine.js';
 import type { FieldPolicy } from '../../protocol/fieldPolicy.js';
 
@@ -26,23 +27,8 @@ export const fieldPolicyKind: ActorKind<typeof fieldPolicyMachine> = {
   view(s: FieldPolicySnapshot, address: ActorAddress, version: number): ViewRecord | null {
     if (s.value !== 'set') return null;
     const p = s.context.policy;
-    return {
-      tenant: address.tenant,
-      kind: 'fieldpolicy',
-      id: address.id,
-      version,
-      status: 'set',
-      owner: null,
-      type: null,
-      priority: null,
-      parentId: null,
-      createdBy: null,
-      createdAt: Date.parse(s.context.createdAt),
-      updatedAt: Date.parse(p.updatedAt ?? s.context.createdAt),
-      text: '',
-      archived: false,
-      doc: fieldPolicyResource(p, version) as unknown as Record<string, unknown>,
-    };
+    const updatedAt = Date.parse(p.updatedAt ?? s.context.createdAt);
+    return settingsView(address, version, 'set', Date.parse(s.context.createdAt), updatedAt, fieldPolicyResource(p, version));
   },
   topics: () => ['tenant'],
   snapshotEvery: 100,

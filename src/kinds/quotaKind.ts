@@ -1,6 +1,7 @@
 import type { SnapshotFrom } from 'xstate';
 import type { ActorAddress, ActorKind } from '../../actors/ActorKind.js';
 import type { ViewRecord } from '../../actors/Store.js';
+import { settingsView } from './settingsView.js';
 import { quotaMachine, type QuotaData } from '../../machines/quotaMachine.js';
 
 type QuotaSnapshot = SnapshotFrom<typeof quotaMachine>;
@@ -27,23 +28,7 @@ export const quotaKind: ActorKind<typeof quotaMachine> = {
     if (s.value === 'new') return null;
     const doc: QuotaDoc = { ...s.context, version };
     const created = Date.parse(s.context.createdAt);
-    return {
-      tenant: address.tenant,
-      kind: 'quota',
-      id: address.id,
-      version,
-      status: String(s.value),
-      owner: null,
-      type: null,
-      priority: null,
-      parentId: null,
-      createdBy: null,
-      createdAt: created,
-      updatedAt: s.context.updatedAt ? Date.parse(s.context.updatedAt) : created,
-      text: '',
-      archived: false,
-      doc: doc as unknown as Record<string, unknown>,
-    };
+    return settingsView(address, version, String(s.value), created, s.context.updatedAt ? Date.parse(s.context.updatedAt) : created, doc);
   },
   topics: () => ['tenant'],
   internalEvents: ['quota.warning', 'quota.rearmed'],

@@ -1,6 +1,7 @@
 import type { SnapshotFrom } from 'xstate';
 import type { ActorAddress, ActorKind } from '../../actors/ActorKind.js';
 import type { ViewRecord } from '../../actors/Store.js';
+import { settingsView } from './settingsView.js';
 import { rateLimitMachine, type RateLimitData } from '../../machines/rateLimitMachine.js';
 
 type RateLimitSnapshot = SnapshotFrom<typeof rateLimitMachine>;
@@ -25,23 +26,7 @@ export const rateLimitKind: ActorKind<typeof rateLimitMachine> = {
   view(s: RateLimitSnapshot, address: ActorAddress, version: number): ViewRecord | null {
     if (s.value !== 'set') return null;
     const doc: RateLimitDoc = { ...s.context, version };
-    return {
-      tenant: address.tenant,
-      kind: 'ratelimit',
-      id: address.id,
-      version,
-      status: 'set',
-      owner: null,
-      type: null,
-      priority: null,
-      parentId: null,
-      createdBy: null,
-      createdAt: Date.parse(s.context.createdAt),
-      updatedAt: Date.parse(s.context.updatedAt),
-      text: '',
-      archived: false,
-      doc: doc as unknown as Record<string, unknown>,
-    };
+    return settingsView(address, version, 'set', Date.parse(s.context.createdAt), Date.parse(s.context.updatedAt), doc);
   },
   topics: () => ['tenant'],
   snapshotEvery: 100,

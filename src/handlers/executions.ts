@@ -109,11 +109,14 @@ export function executionHandlers(app: App): Handlers {
   ): Promise<Execution> {
     const p = ctx.principal;
     requireRole(p, `${action} executions`, 'admin', 'agent');
-    await check(p, await view(p, executionId));
+    const x = await view(p, executionId);
+    await check(p, x);
+    // Decided on this version: if the execution moved on meanwhile (a step retried, say), the
+    // caller reads it again rather than acting on rights it may no longer have.
     const r = await host.send<typeof executionMachine>(address(p, executionId), event, {
       principal: p.principalId,
       correlationId: ctx.correlationId,
-      expectedVersion,
+      expectedVersion: expectedVersion ?? x.version,
     });
     return fromTurn(applied(r));
   }

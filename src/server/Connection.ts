@@ -29,7 +29,9 @@ export class Connection {
   /** Subscription ids of this connection. */
   readonly subscriptions = new Set<string>();
   /** Correlation ids of requests whose reply has not been sent yet. */
-  #pending = new Set<string>();
+  #pending = new Map<string, number>();
+  /** Requests in progress (a client may reuse an id while an earlier request with it still runs). */
+  #inFlight = 0;
   /**
    * Notifications waiting to go out, in the order they were published. The head waits while
    * the request that caused it has no reply yet; everything behind it waits too, so a
@@ -76,9 +78,9 @@ export class Connection {
   /** Pauses or resumes reading by the requests in progress and any throttle. */
   #flow(): void {
     if (this.#closed || this.ws.readyState !== this.ws.OPEN) return;
-    const stop = this.#throttledUntil > 0 || this.#pending.size >= this.#maxInFlight;
+    const stop = this.#throttledUntil > 0 || this.#inFlight >= this.#maxInFlight;
     if (stop && !this.ws.isPaused) this.ws.pause();
-    else if (!stop && this.ws.isPaused && this.#pending.size <= this.#maxInFlight / 2) this.ws.resume();
+    else if (!stop && this.ws.isPaused && this.#inFlight <= this.#maxInFlight / 2) this.ws.resume();
   }
 
   /** The correlation id of a request on this connection. */
@@ -88,14 +90,20 @@ export class Connection {
 
   /** Marks a request as in progress so notifications it causes are held until its reply. */
   begin(correlationId: string): void {
-    this.#pending.add(correlationId);
-    if (this.#pending.size >= this.#maxInFlight) this.#flow();
+    this.#pending.set(correlationId, (this.#pending.get(correlationId) ?? 0) + 1);
+    if (++this.#inFlight >= this.#maxInFlight) this.#flow();
   }
 
   /** Sends the reply(ies) of a request, then the notifications that were waiting for it. */
   reply(correlationIds: string[], response: RpcResponse | RpcResponse[] | null): void {
     if (response !== null) this.#write(JSON.stringify(response));
-    for (const c of correlationIds) this.#pending.delete(c);
+    for (const c of correlationIds) {
+      const n = this.#pending.get(c);
+      if (n === undefined) continue;
+      this.#inFlight--;
+      if (n > 1) this.#pending.set(c, n - 1);
+      else this.#pending.delete(c);
+    }
     this.#drain();
     if (this.ws.isPaused) this.#flow();
   }

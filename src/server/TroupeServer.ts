@@ -542,13 +542,19 @@ export class TroupeServer {
       conn.begin(correlationId);
       return this.#handle(conn, req, correlationId);
     };
-    if (!frame.batch) {
-      const response = await run(frame.entries[0]);
+    // Whatever happens, every request begun here gets its reply slot released, so notifications
+    // held behind it (and the connection's flow control) never wait forever.
+    let response: RpcResponse | RpcResponse[] | null = null;
+    try {
+      if (!frame.batch) {
+        response = await run(frame.entries[0]);
+        return;
+      }
+      const responses = (await Promise.all(frame.entries.map(run))).filter((r): r is RpcResponse => r !== null);
+      response = responses.length > 0 ? responses : null;
+    } finally {
       conn.reply(ids, response);
-      return;
     }
-    const responses = (await Promise.all(frame.entries.map(run))).filter((r): r is RpcResponse => r !== null);
-    conn.reply(ids, responses.length > 0 ? responses : null);
   }
 
   /**

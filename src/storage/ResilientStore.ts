@@ -209,11 +209,15 @@ export class ResilientStore {
       );
     }
     if (e instanceof TaskCancelledError) {
-      return new ProtocolError('UNAVAILABLE', `The store did not answer ${method} within ${timeoutMs} ms; retry shortly.`, {
-        retryAfterMs: TIMEOUT_RETRY_AFTER_MS,
-        dependency: 'store',
-        timeoutMs,
-      });
+      // A write that timed out may still land: say so, so nobody retries it blindly.
+      const read = READS.has(method);
+      return new ProtocolError(
+        'UNAVAILABLE',
+        read
+          ? `The store did not answer ${method} within ${timeoutMs} ms; retry shortly.`
+          : `The store did not answer ${method} within ${timeoutMs} ms; it may or may not have been applied, so check before retrying.`,
+        { retryAfterMs: TIMEOUT_RETRY_AFTER_MS, dependency: 'store', timeoutMs, ...(read ? {} : { outcome: 'unknown' }) },
+      );
     }
     return e;
   }

@@ -4,7 +4,7 @@ import type { TimerRecord } from '../../actors/Store.js';
 import type { taskMachine } from '../../machines/taskMachine.js';
 import { isProtocolError, ProtocolError } from '../../protocol/errors.js';
 import type { AssignmentStrategy, DelegationKind, Task, TaskStatus } from '../../protocol/model.js';
-import { taskResource } from '../kinds/taskKind.js';
+import { taskFromTurn, taskResource } from '../kinds/taskKind.js';
 import { leafState } from '../kinds/stateName.js';
 import type { Logger } from '../logger.js';
 import type { RuleEngine } from '../policy/RuleEngine.js';
@@ -148,7 +148,7 @@ export class Assigner {
       try {
         const r = await this.#o.host.send<typeof taskMachine>(address, event, turn);
         if (r === DUPLICATE) throw new ProtocolError('INTERNAL', 'Unexpected duplicate assignment.');
-        return { task: taskResource(r.snapshot.context.task, leafState(r.snapshot.value) as TaskStatus, r.version), decision };
+        return { task: taskFromTurn(r), decision };
       } catch (e) {
         if (decision.ok) (await this.#o.directory.tenant(tenant)).unreserve(taskId, decision.agentId);
         // Changed between the read and the write: decide again on the new state.

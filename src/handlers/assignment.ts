@@ -1,16 +1,12 @@
-import type { TurnResult } from '../../actors/ActorHost.js';
 import type { taskMachine } from '../../machines/taskMachine.js';
 import { isProtocolError, ProtocolError } from '../../protocol/errors.js';
-import type { Principal, Task, TaskStatus } from '../../protocol/model.js';
-import { taskResource } from '../kinds/taskKind.js';
-import { leafState } from '../kinds/stateName.js';
+import type { Principal, Task } from '../../protocol/model.js';
+import { taskFromTurn } from '../kinds/taskKind.js';
 import { applied, hasRole, queryPage, requireRole, type App, type AuthedContext, type Handlers } from '../server/App.js';
 import { registeredAgent } from './agents.js';
 import { principalVar } from './taskPrep.js';
 
-function fromTurn(r: TurnResult<typeof taskMachine>): Task {
-  return taskResource(r.snapshot.context.task, leafState(r.snapshot.value) as TaskStatus, r.version);
-}
+const fromTurn = taskFromTurn;
 
 /** The task as stored, or NOT_FOUND. */
 export async function taskView(app: App, p: Principal, taskId: string): Promise<Task> {

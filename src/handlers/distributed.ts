@@ -6,6 +6,7 @@ import type { taskMachine } from '../../machines/taskMachine.js';
 import { isProtocolError, ProtocolError } from '../../protocol/errors.js';
 import type { ParamsOf } from '../../protocol/methods.js';
 import type { Distribution, Principal, Task, TaskTree } from '../../protocol/model.js';
+import { taskFromTurn } from '../kinds/taskKind.js';
 import { applied, hasRole, requireRole, type App, type AuthedContext, type Handlers } from '../server/App.js';
 import { registeredAgent } from './agents.js';
 import { taskView } from './assignment.js';
@@ -212,7 +213,7 @@ export function distributedHandlers(app: App): Handlers {
           }),
         );
       }
-      return taskView(app, p, last!.snapshot.context.task.id);
+      return taskFromTurn(last!);
     },
 
     'task.tree': async (ctx, { taskId, depth }) => {

@@ -1,17 +1,16 @@
 import { createHash } from 'node:crypto';
 import { uuidv7 } from '../../actors/uuidv7.js';
 import type { SnapshotFrom } from 'xstate';
-import { IdempotencyConflict, type TurnResult } from '../../actors/ActorHost.js';
+import { IdempotencyConflict } from '../../actors/ActorHost.js';
 import type { ViewQuery, ViewRecord } from '../../actors/Store.js';
 import type { TaskChanges } from '../../machines/taskMachine.js';
 import { taskMachine } from '../../machines/taskMachine.js';
 import { ProtocolError } from '../../protocol/errors.js';
 import type { ParamsOf } from '../../protocol/methods.js';
-import type { Principal, Task, TaskStatus } from '../../protocol/model.js';
-import { taskResource } from '../kinds/taskKind.js';
+import type { Principal, Task } from '../../protocol/model.js';
+import { taskFromTurn } from '../kinds/taskKind.js';
 import { prepareTask } from './taskPrep.js';
 import { registeredAgent } from './agents.js';
-import { leafState } from '../kinds/stateName.js';
 import { toActorEvent } from '../server/SubscriptionHub.js';
 import { applied, hasRole, queryPage, requireRole, type App, type AuthedContext, type Handlers } from '../server/App.js';
 
@@ -38,9 +37,7 @@ function fromView(v: ViewRecord): Task {
   return v.doc as unknown as Task;
 }
 
-function fromTurn(r: TurnResult<typeof taskMachine>): Task {
-  return taskResource(r.snapshot.context.task, leafState(r.snapshot.value) as TaskStatus, r.version);
-}
+const fromTurn = taskFromTurn;
 
 function forbidden(p: Principal, who: Actor, action: string, s: TaskSnapshot): ProtocolError {
   const t = s.context.task;

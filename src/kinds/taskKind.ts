@@ -15,6 +15,11 @@ export function taskResource(data: TaskData, status: TaskStatus, version: number
   return { ...data, status, a2aState: A2AStates[status], version };
 }
 
+/** The wire form of a task after a turn (or a read): its state, status and version. */
+export function taskFromTurn(r: { snapshot: TaskSnapshot; version: number }): Task {
+  return taskResource(r.snapshot.context.task, leafState(r.snapshot.value) as TaskStatus, r.version);
+}
+
 /** How the runtime hosts tasks. */
 export const taskKind: ActorKind<typeof taskMachine> = {
   kind: 'task',

@@ -5,6 +5,7 @@ import type { Effect } from '../machines/effects.js';
 import { uuidv7 } from './uuidv7.js';
 import { streamOf, type ActorAddress, type ActorKind } from './ActorKind.js';
 import type { Ownership } from './Ownership.js';
+import { OwnedElsewhere, ownerMoving, type RemoteActors, type WireTurnOptions } from './Remote.js';
 import type { CommitItem, EventMeta, IdempotencyRecord, OutboxRecord, Store, StoredEvent, TimerRecord, ViewRecord } from './Store.js';
 
 /** What one turn needs besides the event. */
@@ -19,8 +20,8 @@ export interface TurnOptions<M extends AnyStateMachine = AnyStateMachine> {
   expectedVersion?: number;
   /** Runs inside the mailbox before the transition; throw a ProtocolError to refuse. */
   check?: (snapshot: SnapshotFrom<M>, version: number) => void;
-  /** Claimed in the same commit; the turn fails with IDEMPOTENCY_MISMATCH-free `idempotency_conflict`. */
-  idempotency?: Omit<IdempotencyRecord, 'result'> & { result: (snapshot: SnapshotFrom<M>, version: number) => unknown };
+  /** Claimed in the same commit (with the result a retry of the request gets); a key claimed first makes the turn fail with {@link IdempotencyConflict}. */
+  idempotency?: IdempotencyRecord;
   /** Mark an outbox entry consumed in the same commit. */
   outboxDone?: string[];
   /** Delete this fired timer in the same commit. */
@@ -44,7 +45,7 @@ export interface TurnResult<M extends AnyStateMachine = AnyStateMachine> {
  * Listener for committed events: called after every successful commit, in commit order, with
  * the actor's read model row after the events (`null`: removed; `undefined`: not kept).
  */
-export type CommitListener = (events: StoredEvent[], topics: string[][], view: ViewRecord | null | undefined) => void;
+export type CommitListener = (events: StoredEvent[], topics: string[][], view: ViewRecord | null | undefined, remote: boolean) => void;
 
 /** Options of {@link ActorHost}; durations in milliseconds. */
 export interface ActorHostOptions {
@@ -88,6 +89,13 @@ export interface ActorHostOptions {
    * memory. Unset (default): actors are created without inspection and nothing is paid.
    */
   inspect?: (event: InspectionEvent, address: ActorAddress) => void;
+  /**
+   * The other nodes of a cluster. When ownership says another node holds an actor, messages for
+   * it go there and its reply comes back; unset (one node): every actor is local.
+   */
+  remote?: RemoteActors;
+  /** Called when a commit was refused because another node took the actor over (a stale write). */
+  onFenced?: (kind: string) => void;
 }
 
 /** Thrown (internally) when a turn's idempotency key was claimed first by another turn. */
@@ -108,12 +116,29 @@ export function outboxId(eventId: string, n: number): string {
 /** Retry hint of a message refused because its actor's mailbox is full. */
 const MAILBOX_RETRY_AFTER_MS = 100;
 
+/** Marks turn options of a message another node forwarded here. */
+const FORWARDED = Symbol('forwarded');
+
+function isForwarded(opts: object): boolean {
+  return (opts as { [FORWARDED]?: boolean })[FORWARDED] === true;
+}
+
 /** Returned instead of a result when an event id was already stored (a duplicate delivery). */
 export const DUPLICATE = Symbol('duplicate');
 
 interface Job {
-  run: (cell: Cell) => Promise<void>;
+  /** Runs the job on the local actor; resolves `true` when its commit was fenced off and nothing was written. */
+  run: (cell: Cell) => Promise<boolean | void>;
+  /** Sends the job to the node that owns the actor; absent for jobs that came from another node. */
+  forward?: (node: string) => Promise<void>;
   fail: (error: unknown) => void;
+}
+
+/** A commit refused because another node took the actor over; nothing was written. */
+class Fenced extends ProtocolError {
+  constructor(kind: string) {
+    super('UNAVAILABLE', `Ownership of this ${kind} moved to another node; retry.`, { retryAfterMs: 100, ownerMoving: true });
+  }
 }
 
 interface Cell {
@@ -161,6 +186,7 @@ export class ActorHost {
   #closing: Promise<void> | null = null;
   #opts: ActorHostOptions;
   #tracer: Tracer;
+  #remote: RemoteActors | undefined;
 
   constructor(opts: ActorHostOptions) {
     this.#opts = opts;
@@ -168,6 +194,7 @@ export class ActorHost {
     this.#tracer = trace.getTracer('troupe');
     this.store = opts.store;
     this.#ownership = opts.ownership;
+    this.#remote = opts.remote;
     for (const k of opts.kinds) this.#kinds.set(k.kind, k);
     this.#now = opts.now ?? Date.now;
     this.#idleMs = opts.idleMs ?? 60_000;
@@ -220,31 +247,172 @@ export class ActorHost {
     event: { type: string } & Record<string, unknown>,
     opts: TurnOptions<M>,
   ): Promise<TurnResult<M> | typeof DUPLICATE> {
-    return this.#enqueue(address, (cell) => this.#turn(cell, event, opts as TurnOptions), opts.fresh === true);
+    const forward = this.#remote && !isForwarded(opts) ? (node: string) => this.#forwardSend(node, address, event, opts as TurnOptions) : undefined;
+    return this.#enqueue(address, (cell) => this.#turn(cell, event, opts as TurnOptions), opts.fresh === true, forward);
+  }
+
+  /**
+   * Runs a turn that another node forwarded here: never forwarded again (if this node no longer
+   * owns the actor the caller gets UNAVAILABLE with a retry hint).
+   */
+  sendForwarded(address: ActorAddress, event: { type: string } & Record<string, unknown>, opts: WireTurnOptions): Promise<TurnResult | typeof DUPLICATE> {
+    return this.send(address, event, { ...opts, [FORWARDED]: true } as TurnOptions);
+  }
+
+  /** {@link ActorHost.read} for another node: never forwarded again. */
+  readForwarded<M extends AnyStateMachine>(address: ActorAddress): Promise<{ snapshot: SnapshotFrom<M>; version: number }> {
+    return this.#enqueue(address, async (cell) => ({ snapshot: cell.actor!.getSnapshot() as SnapshotFrom<M>, version: cell.version }));
+  }
+
+  /** {@link ActorHost.fireTimer} for another node: never forwarded again. */
+  async fireTimerForwarded(timer: TimerRecord): Promise<void> {
+    await this.#fireTimer(timer, false);
+  }
+
+  /** {@link ActorHost.deliver} for another node: never forwarded again. */
+  async deliverForwarded(record: OutboxRecord): Promise<void> {
+    await this.#deliver(record, false);
+  }
+
+  /** A persisted snapshot (from another node or the store) as a live snapshot of the kind's machine. */
+  restore<M extends AnyStateMachine>(kind: string, persisted: unknown): SnapshotFrom<M> {
+    // Restoring runs no actions: the actor is only created to hold the snapshot, never started.
+    return createActor(this.kind(kind).machine, { snapshot: persisted as never }).getSnapshot() as SnapshotFrom<M>;
+  }
+
+  /** A live snapshot of a kind's actor as the JSON its machine persists (to send to another node). */
+  persisted(kind: string, snapshot: SnapshotFrom<AnyStateMachine>): unknown {
+    return this.kind(kind).machine.getPersistedSnapshot(snapshot);
+  }
+
+  async #forwardSend(node: string, address: ActorAddress, event: { type: string } & Record<string, unknown>, opts: TurnOptions): Promise<TurnResult | typeof DUPLICATE> {
+    const remote = this.#remote!;
+    const wire: WireTurnOptions = {
+      principal: opts.principal,
+      ...(opts.correlationId !== undefined ? { correlationId: opts.correlationId } : {}),
+      ...(opts.causationId !== undefined ? { causationId: opts.causationId } : {}),
+      ...(opts.eventId !== undefined ? { eventId: opts.eventId } : {}),
+      ...(opts.expectedVersion !== undefined ? { expectedVersion: opts.expectedVersion } : {}),
+      ...(opts.idempotency ? { idempotency: opts.idempotency } : {}),
+      ...(opts.outboxDone ? { outboxDone: opts.outboxDone } : {}),
+      ...(opts.firedTimer ? { firedTimer: opts.firedTimer } : {}),
+    };
+    // A check needs the snapshot it judges: read it from the owner, judge here, and send on
+    // condition that the actor is still at that version (retried while others write meanwhile).
+    for (let attempt = 0; ; attempt++) {
+      let pinned = false;
+      if (opts.check) {
+        const read = await remote.read(node, address);
+        opts.check(this.restore(address.kind, read.snapshot), read.version);
+        if (opts.expectedVersion === undefined) {
+          wire.expectedVersion = read.version;
+          pinned = true;
+        }
+      }
+      try {
+        const r = await remote.send(node, address, event, wire);
+        if (r === 'duplicate') return DUPLICATE;
+        return { snapshot: this.restore(address.kind, r.snapshot), version: r.version, event: r.event };
+      } catch (e) {
+        if (pinned && attempt < 5 && isProtocolError(e, 'VERSION_MISMATCH')) continue;
+        throw e;
+      }
+    }
   }
 
   /** The committed snapshot and version of an actor (activating it if needed), read in its mailbox. */
   read<M extends AnyStateMachine>(address: ActorAddress): Promise<{ snapshot: SnapshotFrom<M>; version: number }> {
-    return this.#enqueue(address, async (cell) => ({ snapshot: cell.actor!.getSnapshot() as SnapshotFrom<M>, version: cell.version }));
+    const remote = this.#remote;
+    const forward = remote
+      ? async (node: string) => {
+          const r = await remote.read(node, address);
+          return { snapshot: this.restore<M>(address.kind, r.snapshot), version: r.version };
+        }
+      : undefined;
+    return this.#enqueue(address, async (cell) => ({ snapshot: cell.actor!.getSnapshot() as SnapshotFrom<M>, version: cell.version }), false, forward);
   }
 
   /** Delivers a due timer. Consumes the timer even when the machine no longer expects it. */
   async fireTimer(timer: TimerRecord): Promise<void> {
+    await this.#fireTimer(timer, true);
+  }
+
+  async #fireTimer(timer: TimerRecord, forwardable: boolean): Promise<void> {
     const address = { tenant: timer.tenant, kind: timer.kind, id: timer.actorId };
     const fired = { name: timer.name, fireAt: timer.fireAt };
     const event = { ...timer.event, type: 'timer.fired', name: timer.name, fireAt: timer.fireAt };
-    await this.#enqueue(address, (cell) =>
-      this.#turnOrConsume(cell, event, { principal: 'system', firedTimer: fired }, { firedTimers: [fired] }),
+    const remote = this.#remote;
+    await this.#enqueue(
+      address,
+      (cell) => this.#turnOrConsume(cell, event, { principal: 'system', firedTimer: fired }, { firedTimers: [fired] }),
+      false,
+      remote && forwardable ? (node) => remote.fireTimer(node, timer).then(() => undefined) : undefined,
     );
   }
 
   /** Delivers an outbox message to its target; consumes it also when refused or a duplicate. */
   async deliver(record: OutboxRecord): Promise<void> {
+    await this.#deliver(record, true);
+  }
+
+  async #deliver(record: OutboxRecord, forwardable: boolean): Promise<void> {
     const address = { tenant: record.tenant, kind: record.targetKind, id: record.targetId };
     const event = record.event as { type: string } & Record<string, unknown>;
     const opts = { principal: 'system', eventId: record.id, causationId: record.id, outboxDone: [record.id] };
-    const r = await this.#enqueue(address, (cell) => this.#turnOrConsume(cell, event, opts, { outboxDone: [record.id] }));
+    const remote = this.#remote;
+    const r = await this.#enqueue(
+      address,
+      (cell) => this.#turnOrConsume(cell, event, opts, { outboxDone: [record.id] }),
+      false,
+      remote && forwardable ? (node) => remote.deliver(node, record).then(() => undefined) : undefined,
+    );
     if (r === DUPLICATE) await this.store.ackOutbox([record.id]);
+  }
+
+  /**
+   * Commits another node made (received from the cluster's fan-out): an actor held here that
+   * was written elsewhere is reloaded before its next message, and the commit listeners hear
+   * of the events as remote.
+   */
+  applyRemoteCommit(events: StoredEvent[], topics: string[][], view: ViewRecord | null | undefined): void {
+    for (const e of events) {
+      const cell = this.#cells.get(e.stream);
+      if (cell && e.version > cell.version) cell.stale = true;
+    }
+    this.#notify(events, topics, view, true);
+  }
+
+  /**
+   * This node lost the lease of an actor (it could not renew it in time): the actor leaves
+   * memory at once, or as soon as its running message ends, and is loaded again (or reached on
+   * its new owner) for the next one.
+   */
+  leaseLost(stream: string): void {
+    const cell = this.#cells.get(stream);
+    if (!cell) return;
+    cell.stale = true;
+    if (!cell.running && cell.queue.length === 0) {
+      this.#cells.delete(stream);
+      cell.actor?.stop();
+      this.#opts.onPassivated?.(cell.kind.kind);
+    }
+  }
+
+  /** True while the actor is in memory here (this node owns it, or is loading it). */
+  isActive(stream: string): boolean {
+    const cell = this.#cells.get(stream);
+    return cell !== undefined && cell.actor !== null;
+  }
+
+  #notify(events: StoredEvent[], topics: string[][], view: ViewRecord | null | undefined, remote: boolean): void {
+    for (const l of this.#listeners) {
+      // The event is stored: a failing listener must not turn the acknowledgement into an error.
+      try {
+        l(events, topics, view, remote);
+      } catch {
+        /* listeners report their own failures */
+      }
+    }
   }
 
   /** Passivates least recently used idle actors while more than `maxActive` are in memory. */
@@ -299,7 +467,7 @@ export class ActorHost {
     });
   }
 
-  #enqueue<T>(address: ActorAddress, fn: (cell: Cell) => Promise<T>, fresh = false): Promise<T> {
+  #enqueue<T>(address: ActorAddress, fn: (cell: Cell) => Promise<T>, fresh = false, forward?: (node: string) => Promise<T>): Promise<T> {
     if (this.#closed) return Promise.reject(new ProtocolError('UNAVAILABLE', 'The server is shutting down; retry on another connection.', { retryAfterMs: 1000 }));
     const kind = this.kind(address.kind);
     const stream = streamOf(address);
@@ -337,7 +505,20 @@ export class ActorHost {
       this.#cells.set(stream, cell);
     }
     return new Promise<T>((resolve, reject) => {
-      cell.queue.push({ run: (c) => fn(c).then(resolve, reject), fail: reject });
+      let retried = false;
+      cell.queue.push({
+        run: (c) =>
+          fn(c).then(resolve, (e: unknown) => {
+            // Fenced off before anything was written: the caller's message may run again, on the new owner.
+            if (e instanceof Fenced && forward && !retried) {
+              retried = true;
+              return true;
+            }
+            reject(e);
+          }),
+        ...(forward ? { forward: (node: string) => forward(node).then(resolve, reject) } : {}),
+        fail: reject,
+      });
       if (!cell.running) void this.#drain(cell);
     });
   }
@@ -347,17 +528,29 @@ export class ActorHost {
     try {
       while (cell.queue.length > 0) {
         const job = cell.queue.shift()!;
-        try {
-          if (cell.stale) await this.#activate(cell);
-        } catch (e) {
-          // Activation failed: refuse this job; the cell stays stale and the next job tries again.
-          // An unavailable store already says why and when to retry.
-          if (isProtocolError(e, 'UNAVAILABLE')) job.fail(e);
-          else job.fail(new ProtocolError('UNAVAILABLE', `The ${cell.kind.kind} could not be loaded (${(e as Error).message}); retry shortly.`, { retryAfterMs: 500 }));
-          continue;
+        for (;;) {
+          try {
+            if (cell.stale) await this.#activate(cell);
+          } catch (e) {
+            if (e instanceof OwnedElsewhere) {
+              // Another node owns the actor: the message goes there, in mailbox order.
+              if (job.forward) await job.forward(e.node);
+              else job.fail(ownerMoving(cell.kind.kind, 200, `node ${e.node} holds it`));
+              break;
+            }
+            // Activation failed: refuse this job; the cell stays stale and the next job tries again.
+            // An unavailable store already says why and when to retry.
+            if (isProtocolError(e, 'UNAVAILABLE')) job.fail(e);
+            else job.fail(new ProtocolError('UNAVAILABLE', `The ${cell.kind.kind} could not be loaded (${(e as Error).message}); retry shortly.`, { retryAfterMs: 500 }));
+            break;
+          }
+          cell.lastUsed = this.#now();
+          if ((await job.run(cell)) !== true) break;
+          // The store refused a stale write: give the actor up and run the message where it lives now.
+          cell.stale = true;
+          cell.actor?.stop();
+          cell.actor = null;
         }
-        cell.lastUsed = this.#now();
-        await job.run(cell);
       }
     } finally {
       cell.running = false;
@@ -365,14 +558,14 @@ export class ActorHost {
     // Messages to actors that do not exist must not pin memory until the next sweep, and
     // settled actors (finished tasks) are unlikely to be needed again soon.
     const settled = cell.actor !== null && !cell.stale && cell.kind.settled?.(cell.actor.getSnapshot()) === true;
-    if ((cell.version === 0 || settled) && cell.queue.length === 0 && this.#cells.get(cell.stream) === cell) this.#unload(cell);
+    if ((cell.version === 0 || settled || cell.actor === null) && cell.queue.length === 0 && this.#cells.get(cell.stream) === cell) this.#unload(cell);
     this.#trim();
   }
 
   async #activate(cell: Cell): Promise<void> {
     cell.actor?.stop();
     cell.actor = null;
-    const lease = await this.#ownership.acquire(cell.stream);
+    const lease = await this.#ownership.acquire(cell.stream, cell.address, cell.fresh);
     const fresh = cell.fresh;
     cell.fresh = false;
     const { snap, events } = fresh ? { snap: undefined, events: [] } : await this.#read(cell.stream);
@@ -443,7 +636,7 @@ export class ActorHost {
     this.#applyEffects(cell, item, effects, at, newEvent.id);
     if (opts.firedTimer) item.firedTimers = [opts.firedTimer];
     if (opts.outboxDone) item.outboxDone = opts.outboxDone;
-    if (opts.idempotency) item.idempotency = { ...opts.idempotency, result: opts.idempotency.result(after, version) };
+    if (opts.idempotency) item.idempotency = opts.idempotency;
 
     const [outcome] = await this.#commit(item).catch((e: unknown) => {
       // An open circuit breaker refused the commit without attempting it: nothing was written.
@@ -463,7 +656,8 @@ export class ActorHost {
         case 'idempotency_conflict':
           throw new IdempotencyConflict(outcome!.key);
         case 'stale_epoch':
-          throw new ProtocolError('UNAVAILABLE', `Ownership of this ${cell.kind.kind} moved to another node; retry.`, { retryAfterMs: 100 });
+          this.#opts.onFenced?.(cell.kind.kind);
+          throw new Fenced(cell.kind.kind);
         case 'version_conflict':
           throw new ProtocolError('UNAVAILABLE', `The ${cell.kind.kind} was changed by another writer; retry.`, { retryAfterMs: 100 });
       }
@@ -480,14 +674,7 @@ export class ActorHost {
       actorId: cell.address.id,
       version,
     };
-    for (const l of this.#listeners) {
-      // The event is stored: a failing listener must not turn the acknowledgement into an error.
-      try {
-        l([stored], [topics], item.view);
-      } catch {
-        /* listeners report their own failures */
-      }
-    }
+    this.#notify([stored], [topics], item.view, false);
     for (const t of item.scheduleTimers ?? []) this.#opts.onTimerScheduled?.(t.fireAt);
     if (item.outbox?.length) this.#opts.onOutbox?.(item.outbox);
     return { snapshot: after, version, event: stored };

@@ -1,3 +1,4 @@
+import type { ActorAddress } from './ActorKind.js';
 import type { Store } from './Store.js';
 
 /** The right to write one actor's stream, with the fencing epoch every append must carry. */
@@ -11,8 +12,12 @@ export interface Lease {
  * carries the lease's epoch and an older epoch than the stream has seen is refused.
  */
 export interface Ownership {
-  /** Takes ownership of a stream, or rejects if another node holds it. */
-  acquire(stream: string): Promise<Lease>;
+  /**
+   * Takes ownership of a stream (or confirms this node still holds it). Rejects with
+   * `OwnedElsewhere` when another live node holds it, or with UNAVAILABLE when it cannot tell.
+   * `fresh`: the caller has just generated the actor's id, so no other node can have written it.
+   */
+  acquire(stream: string, address: ActorAddress, fresh?: boolean): Promise<Lease>;
   /** Gives ownership up (on passivation or shutdown). */
   release(stream: string): Promise<void>;
   /** Stops renewing and releases every lease; safe to call twice. */

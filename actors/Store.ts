@@ -327,6 +327,14 @@ export interface Store {
   listApiKeys(tenant?: string): Promise<ApiKeyRecord[]>;
   revokeApiKey(id: string, at: number): Promise<boolean>;
 
+  /**
+   * Takes the next fencing epoch of a stream: atomically raises the stream's highest seen epoch
+   * by one (from 0 for a stream never seen, so the first claim returns 1) and returns it. From
+   * then on every commit to the stream with a lower epoch is refused with `stale_epoch`, also
+   * before the new owner has written anything. A claim on a stream without events does not make
+   * it appear in {@link Store.listStreams}, and its version stays 0.
+   */
+  claimEpoch(stream: string, tenant: string, kind: string, actorId: string): Promise<number>;
   /** Increments and returns a named durable counter (starts at 1). Used for fencing epochs. */
   nextCounter(name: string): Promise<number>;
   /** Resolves when the store answers; rejects otherwise. */

@@ -122,7 +122,13 @@ export class TimerService {
               await (this.#opts.deliver ? this.#opts.deliver(t) : this.#host.fireTimer(t));
               this.#backoff.delete(key);
               this.#opts.onFired?.(this.#now() - t.fireAt);
-            } catch {
+            } catch (e) {
+              // A delivery that says when to look again (another node fires it) is not a failure.
+              const hint = (e as { retryAfterMs?: unknown }).retryAfterMs;
+              if (typeof hint === 'number') {
+                this.#backoff.set(key, { failures: 0, retryAt: this.#now() + hint });
+                return;
+              }
               // Left in the store; tried again after a growing pause (100 ms doubling to 30 s).
               const failures = (this.#backoff.get(key)?.failures ?? 0) + 1;
               this.#backoff.set(key, { failures, retryAt: this.#now() + Math.min(100 * 2 ** (failures - 1), 30_000) });

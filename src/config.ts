@@ -1,3 +1,4 @@
+import type { ClusterOptions } from './cluster/ClusterNode.js';
 import { parseArgs } from 'node:util';
 import path from 'node:path';
 import { AssignmentStrategies, type AssignmentStrategy } from '../protocol/model.js';
@@ -51,6 +52,14 @@ export interface Config {
    * are counted there. Unset (default): everything stays in this process.
    */
   redisUrl?: string;
+  /**
+   * Cluster mode (`TROUPE_CLUSTER=true`, needs `TROUPE_REDIS_URL`): actors are leased through
+   * Redis and messages routed to their owner. Its settings: `TROUPE_NODE_ID` (default random),
+   * `TROUPE_REDLOCK_URLS` (comma-separated independent Redis instances for the leases; default
+   * the shared Redis), `TROUPE_CLUSTER_LEASE_MS` (default 10 000), `TROUPE_CLUSTER_HEARTBEAT_MS`
+   * (default 1 000), `TROUPE_ADVERTISE_URL` (the WebSocket URL other people reach this node at).
+   */
+  cluster?: ClusterOptions;
   /** Deepest nesting of objects and arrays in a call's params, params itself counting 1 (`TROUPE_MAX_JSON_DEPTH`). Default 32. */
   maxJsonDepth: number;
   /** Longest string anywhere in a call's params, in UTF-16 code units (`TROUPE_MAX_STRING_LENGTH`). Default 1 000 000. */
@@ -121,6 +130,28 @@ function redisUrl(v: string | undefined): string | undefined {
   return v;
 }
 
+function clusterOptions(env: NodeJS.ProcessEnv, shared: string | undefined): ClusterOptions | undefined {
+  const on = (env.TROUPE_CLUSTER ?? 'false').toLowerCase();
+  if (on !== 'true' && on !== 'false') throw new Error(`TROUPE_CLUSTER must be true or false, got "${env.TROUPE_CLUSTER}"`);
+  if (on === 'false') return undefined;
+  if (!shared) throw new Error('TROUPE_CLUSTER=true needs TROUPE_REDIS_URL: the Redis the nodes share.');
+  const lockUrls = (env.TROUPE_REDLOCK_URLS ?? '')
+    .split(',')
+    .map((u) => u.trim())
+    .filter((u) => u !== '');
+  for (const u of lockUrls) if (!/^rediss?:\/\/[^\s]+$/.test(u)) throw new Error(`TROUPE_REDLOCK_URLS must list redis:// or rediss:// URLs, got "${u}"`);
+  const nodeId = env.TROUPE_NODE_ID || undefined;
+  if (nodeId !== undefined && !/^[A-Za-z0-9_.-]{1,64}$/.test(nodeId)) throw new Error(`TROUPE_NODE_ID must be 1-64 letters, digits, '_', '.' or '-', got "${nodeId}"`);
+  return {
+    redisUrl: shared,
+    ...(nodeId ? { nodeId } : {}),
+    ...(lockUrls.length > 0 ? { lockUrls } : {}),
+    leaseMs: int(env.TROUPE_CLUSTER_LEASE_MS, 10_000, 'TROUPE_CLUSTER_LEASE_MS', 600_000, 500),
+    heartbeatMs: int(env.TROUPE_CLUSTER_HEARTBEAT_MS, 1_000, 'TROUPE_CLUSTER_HEARTBEAT_MS', 60_000, 100),
+    ...(env.TROUPE_ADVERTISE_URL ? { advertiseUrl: env.TROUPE_ADVERTISE_URL } : {}),
+  };
+}
+
 function statelyInspectUrl(v: string | undefined): string | undefined {
   if (v === undefined || v === '') return undefined;
   if (!/^wss?:\/\/[^\s]+$/.test(v) || !URL.canParse(v)) throw new Error(`TROUPE_STATELY_INSPECT_URL must be a ws:// or wss:// URL, got "${v}"`);
@@ -170,6 +201,7 @@ export function loadConfig(argv: string[] = process.argv.slice(2), env: NodeJS.P
     leaseSeconds: int(env.TROUPE_LEASE_SECONDS, 60, 'TROUPE_LEASE_SECONDS', 86_400, 1),
     defaultStrategy: strategy as AssignmentStrategy,
     redisUrl: redisUrl(env.TROUPE_REDIS_URL),
+    cluster: clusterOptions(env, redisUrl(env.TROUPE_REDIS_URL)),
     maxJsonDepth: int(env.TROUPE_MAX_JSON_DEPTH, 32, 'TROUPE_MAX_JSON_DEPTH', 1000, 1),
     maxStringLength: int(env.TROUPE_MAX_STRING_LENGTH, 1_000_000, 'TROUPE_MAX_STRING_LENGTH', Number.MAX_SAFE_INTEGER, 1),
     idleConnectionMs: int(env.TROUPE_IDLE_CONNECTION_MS, 600_000, 'TROUPE_IDLE_CONNECTION_MS', 2_147_483_647),

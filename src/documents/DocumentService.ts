@@ -105,6 +105,10 @@ interface Slot {
   live: Live | null;
   tokens: number;
   refilledAt: number;
+  /** The version this service is writing now (its own commit is not news). */
+  writing: number | null;
+  /** The newest version written by someone else (another node) while the document was busy. */
+  newer: number;
 }
 
 /** What a change needs besides the new document. */
@@ -158,6 +162,17 @@ export class DocumentService {
     this.#log = opts.log;
     this.#verify = opts.verifyMirror ?? false;
     this.limits = { ...DEFAULT_DOCUMENT_LIMITS, ...opts.limits };
+    // In a cluster another node may write a document this node holds in memory: its copy is
+    // then out of date and is rebuilt from the store on its next use.
+    opts.host.onCommit((events) => {
+      for (const e of events) {
+        if (e.kind !== 'document') continue;
+        const slot = this.#slots.get(e.stream);
+        if (!slot?.live || e.version <= slot.live.version || e.version === slot.writing) continue;
+        if (slot.queued === 0) this.#discard(slot);
+        else slot.newer = Math.max(slot.newer, e.version);
+      }
+    });
   }
 
   /** Documents in memory now, loads so far, and how the last load went. */
@@ -370,7 +385,7 @@ export class DocumentService {
       this.#slots.delete(key);
     } else {
       const now = this.#now();
-      slot = { ref, address: this.#address(ref), tail: Promise.resolve(), queued: 0, live: null, tokens: this.limits.maxChangesPerSecond, refilledAt: now };
+      slot = { ref, address: this.#address(ref), tail: Promise.resolve(), queued: 0, live: null, tokens: this.limits.maxChangesPerSecond, refilledAt: now, writing: null, newer: 0 };
     }
     this.#slots.set(key, slot);
     return slot;
@@ -483,6 +498,7 @@ export class DocumentService {
 
   /** The loaded document, loading it from the store when needed. */
   async #live(slot: Slot): Promise<Live> {
+    if (slot.live && slot.newer > slot.live.version) this.#discard(slot);
     if (slot.live) return slot.live;
     const started = performance.now();
     const { snapshot, version } = await this.#host.read<typeof documentMachine>(slot.address);
@@ -615,6 +631,7 @@ export class DocumentService {
       const event = pending.create
         ? { type: 'document.create', title: pending.create.title, kind: pending.create.kind, source: 'create', ...fields }
         : { type: 'document.change', source: pending.source, ...fields, ...(pending.restoredFrom ? { restoredFrom: pending.restoredFrom } : {}) };
+      slot.writing = live.version + 1;
       const r = await this.#host.send<typeof documentMachine>(slot.address, event, {
         principal: ctx.principal,
         correlationId: ctx.correlationId,
@@ -623,6 +640,7 @@ export class DocumentService {
       if (r === DUPLICATE) throw new ProtocolError('INTERNAL', 'Unexpected duplicate event.');
       result = r;
     } catch (e) {
+      slot.writing = null;
       this.#discard(slot);
       if (e instanceof MirrorMismatch) {
         this.#log?.error({ err: e, document: streamOf(slot.address) }, 'JSON mirror out of step with the document');
@@ -632,6 +650,7 @@ export class DocumentService {
       if (isProtocolError(e, 'VERSION_MISMATCH')) throw new ProtocolError('UNAVAILABLE', `Document ${ref.documentId} was changed elsewhere; retry.`, { retryAfterMs: 50 });
       throw e;
     }
+    slot.writing = null;
     live.version = result.version;
     live.data = result.snapshot.context.doc;
     if (this.#verify) this.#verifyMirror(slot, live);
@@ -653,6 +672,7 @@ export class DocumentService {
       const live = slot.live;
       if (!live?.data || !compactionDue(live.data, this.limits.compactEvery)) return;
       const save = Automerge.save(live.doc);
+      slot.writing = live.version + 1;
       try {
         const r = await this.#host.send<typeof documentMachine>(
           slot.address,
@@ -665,6 +685,8 @@ export class DocumentService {
       } catch (e) {
         this.#discard(slot);
         throw e;
+      } finally {
+        slot.writing = null;
       }
     }).catch((e: unknown) => {
       this.#log?.warn({ err: e, document: streamOf(this.#address(ref)) }, 'document compaction failed; it is tried again after the next change');

@@ -151,7 +151,7 @@ export function distributedHandlers(app: App): Handlers {
             await host.send<typeof taskMachine>(address(p, parentId), { type: 'task.activate' }, {
               principal: p.principalId,
               correlationId: ctx.correlationId,
-              idempotency: key ? { tenant: p.tenantId, key, requestHash, createdAt: now, result: () => ({ taskId: parentId }) } : undefined,
+              idempotency: key ? { tenant: p.tenantId, key, requestHash, createdAt: now, result: { taskId: parentId } } : undefined,
             }),
           );
         } catch (e) {

@@ -169,7 +169,7 @@ export function executionHandlers(app: App): Handlers {
             principal: p.principalId,
             correlationId: ctx.correlationId,
             fresh: true,
-            idempotency: key ? { tenant: p.tenantId, key, requestHash, createdAt: app.now(), result: () => ({ executionId: id }) } : undefined,
+            idempotency: key ? { tenant: p.tenantId, key, requestHash, createdAt: app.now(), result: { executionId: id } } : undefined,
           },
         );
         return fromTurn(applied(r));

@@ -124,7 +124,7 @@ export function taskHandlers(app: App): Handlers {
           principal: p.principalId,
           correlationId: ctx.correlationId,
           fresh: true,
-          idempotency: key ? { tenant: p.tenantId, key, requestHash, createdAt: app.now(), result: () => ({ taskId: id }) } : undefined,
+          idempotency: key ? { tenant: p.tenantId, key, requestHash, createdAt: app.now(), result: { taskId: id } } : undefined,
         },
       );
       return fromTurn(applied(r));

@@ -102,7 +102,7 @@ export function workflowHandlers(app: App): Handlers {
         principal: p.principalId,
         correlationId: ctx.correlationId,
         fresh: true,
-        idempotency: idempotency ? { tenant: p.tenantId, ...idempotency, createdAt: app.now(), result: () => ({ workflowId: id }) } : undefined,
+        idempotency: idempotency ? { tenant: p.tenantId, ...idempotency, createdAt: app.now(), result: { workflowId: id } } : undefined,
       },
     );
     return applied(r).snapshot.context.workflow;

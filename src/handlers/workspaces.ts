@@ -157,7 +157,7 @@ export function workspaceHandlers(app: App): Handlers {
         principal: p.principalId,
         correlationId: ctx.correlationId,
         fresh: true,
-        idempotency: idempotency ? { tenant: p.tenantId, ...idempotency, createdAt: app.now(), result: () => ({ workspaceId: id }) } : undefined,
+        idempotency: idempotency ? { tenant: p.tenantId, ...idempotency, createdAt: app.now(), result: { workspaceId: id } } : undefined,
       },
     );
     const { snapshot, version } = applied(r);

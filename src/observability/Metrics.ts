@@ -54,6 +54,7 @@ export class Metrics {
   #storeCommit: Histogram;
   #timerLag: Histogram;
   #overflows: Counter;
+  #fenced: Counter;
   #busy: Counter<'limit'>;
   #byMethod = new Map<string, MethodMetrics>();
 
@@ -130,6 +131,12 @@ export class Metrics {
       help: 'Subscriptions dropped because their connection could not keep up.',
       registers,
     });
+    this.#fenced = new Counter({
+      name: 'troupe_stale_writes_rejected_total',
+      help: 'Commits the store refused because another node had taken the actor over (fencing epoch), by actor kind.',
+      labelNames: ['kind'],
+      registers,
+    });
     new Gauge({
       name: 'troupe_breaker_state',
       help: 'Circuit breaker state per outbound dependency: 0 closed, 1 open, 2 half-open.',
@@ -185,6 +192,11 @@ export class Metrics {
   /** Counts a subscription dropped for overflow. */
   overflow(): void {
     this.#overflows.inc();
+  }
+
+  /** Counts a commit refused by the fencing epoch (this node's write was stale). */
+  fenced(kind: string): void {
+    this.#fenced.inc({ kind });
   }
 
   /** Counts a call refused with BUSY because `limit` was full. */

@@ -15,6 +15,12 @@ export interface SubscriptionHubOptions {
   onOverflow?: () => void;
   /** Rewrites events per subscriber (field permissions); see {@link SubscriptionHub.setRedactor}. */
   redactor?: EventRedactor;
+  /**
+   * Deliver in position order by reading each topic back from the store when it has news,
+   * instead of sending events in the order they are published. A cluster needs it: events of
+   * one tenant are committed on several nodes and reach each node in no particular order.
+   */
+  ordered?: boolean;
 }
 
 /**
@@ -39,7 +45,11 @@ interface Subscription {
   id: string;
   conn: Connection;
   key: string;
+  tenant: string;
   topic: string;
+  /** Ordered mode: reading the topic back from the store now, and whether news came meanwhile. */
+  pulling: boolean;
+  dirty: boolean;
   /** Highest position delivered. */
   last: number;
   /** Live events that arrived while catching up from the store, with their redaction. */
@@ -114,7 +124,7 @@ export class SubscriptionHub {
     correlationId?: string,
   ): Promise<{ subscriptionId: string; position: number }> {
     const key = `${tenant}\n${topic}`;
-    const sub: Subscription = { id: randomUUID(), conn, key, topic, last: 0, backlog: [], heldBy: correlationId };
+    const sub: Subscription = { id: randomUUID(), conn, key, tenant, topic, pulling: false, dirty: false, last: 0, backlog: [], heldBy: correlationId };
     let set = this.#byKey.get(key);
     if (!set) this.#byKey.set(key, (set = new Set()));
     set.add(sub);
@@ -125,12 +135,12 @@ export class SubscriptionHub {
         sub.last = await this.#store.headPosition(tenant);
       } else {
         sub.last = fromPosition;
-        for (;;) {
-          const page = await this.#store.readTopic(tenant, topic, sub.last, this.#page);
-          const views = this.#redactor ? await this.#redactor.prepareStored(tenant, page) : null;
-          for (const e of page) this.#send(sub, e, views?.(e)?.(sub.conn.principal));
-          if (page.length < this.#page || !this.#byId.has(sub.id)) break;
-        }
+        await this.#catchUp(sub);
+      }
+      // News that came while catching up is read now, still ahead of the subscribe reply.
+      while (this.#opts.ordered && sub.dirty && this.#byId.has(sub.id)) {
+        sub.dirty = false;
+        await this.#catchUp(sub);
       }
     } catch (e) {
       this.unsubscribe(sub.id);
@@ -138,6 +148,7 @@ export class SubscriptionHub {
     }
     const backlog = sub.backlog ?? [];
     sub.backlog = null;
+    if (sub.dirty) void this.#pull(sub);
     for (const { e, view } of backlog) if (e.position > sub.last) this.#send(sub, e, view?.(sub.conn.principal));
     const position = sub.last;
     sub.heldBy = undefined;
@@ -189,6 +200,7 @@ export class SubscriptionHub {
    * row of their actor after them, which the redactor may need.
    */
   publish(events: StoredEvent[], topics: string[][], view?: ViewRecord | null): void {
+    if (this.#opts.ordered) return this.#news(events, topics);
     for (let i = 0; i < events.length; i++) {
       const e = events[i]!;
       // Encoded once however many subscribers receive it, unless one may see less of it.
@@ -203,6 +215,52 @@ export class SubscriptionHub {
           else if (e.position > sub.last) this.#send(sub, e, redacted?.(sub.conn.principal) ?? (json ??= JSON.stringify(toActorEvent(e))));
         }
       }
+    }
+  }
+
+  /** Sends a topic's stored events after the subscription's position, page by page. */
+  async #catchUp(sub: Subscription): Promise<void> {
+    for (;;) {
+      const page = await this.#store.readTopic(sub.tenant, sub.topic, sub.last, this.#page);
+      const views = this.#redactor ? await this.#redactor.prepareStored(sub.tenant, page) : null;
+      for (const e of page) if (e.position > sub.last) this.#send(sub, e, views?.(e)?.(sub.conn.principal));
+      if (page.length < this.#page || !this.#byId.has(sub.id)) return;
+    }
+  }
+
+  /** Ordered mode: marks the subscriptions of the events' topics as having news, and reads it. */
+  #news(events: StoredEvent[], topics: string[][]): void {
+    for (let i = 0; i < events.length; i++) {
+      const e = events[i]!;
+      for (const topic of topics[i] ?? []) {
+        const set = this.#byKey.get(`${e.tenant}\n${topic}`);
+        if (!set) continue;
+        for (const sub of set) {
+          if (e.position <= sub.last) continue;
+          if (sub.backlog) sub.dirty = true;
+          else void this.#pull(sub);
+        }
+      }
+    }
+  }
+
+  /** Reads a subscription's news from the store; news that arrives meanwhile is read after. */
+  async #pull(sub: Subscription): Promise<void> {
+    if (sub.pulling) {
+      sub.dirty = true;
+      return;
+    }
+    sub.pulling = true;
+    try {
+      do {
+        sub.dirty = false;
+        await this.#catchUp(sub);
+      } while (sub.dirty && this.#byId.has(sub.id));
+    } catch {
+      // The store is unavailable: look again shortly rather than lose the news.
+      setTimeout(() => void this.#pull(sub), 500).unref();
+    } finally {
+      sub.pulling = false;
     }
   }
 

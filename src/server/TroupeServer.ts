@@ -61,6 +61,7 @@ import type { App, AuthedContext, CallGuard, Handler, Handlers } from './App.js'
 import { CloseCodes, Connection } from './Connection.js';
 import { Presence } from './Presence.js';
 import { SubscriptionHub } from './SubscriptionHub.js';
+import { ClusterNode, type ClusterOptions } from '../cluster/ClusterNode.js';
 
 /** Options of {@link TroupeServer}; durations in milliseconds, sizes in bytes. */
 export interface TroupeServerOptions {
@@ -84,8 +85,14 @@ export interface TroupeServerOptions {
   jwtSecret?: string;
   jwtIssuer?: string;
   jwtAudience?: string;
-  /** Replaces local single-node ownership (a cluster passes Redis-based ownership). */
+  /** Replaces local single-node ownership (tests play several nodes with it). */
   ownership?: Ownership;
+  /**
+   * Runs this server as one node of a cluster: actors are leased through Redis (Redlock plus a
+   * fencing epoch), messages for actors other nodes own are forwarded to them, and commits fan
+   * out to every node. Unset (default): a single node that owns every actor.
+   */
+  cluster?: ClusterOptions;
   logger?: Logger;
   /**
    * Also export prom-client's default Node process metrics (CPU, memory, event-loop lag, GC) at
@@ -182,6 +189,8 @@ export class TroupeServer {
 
   /** This server's Prometheus metrics, served at `/metrics`. */
   readonly metrics: Metrics;
+  /** This node's part in a cluster, or null on a single node. */
+  readonly cluster: ClusterNode | null;
 
   constructor(opts: TroupeServerOptions) {
     this.#opts = opts;
@@ -208,11 +217,19 @@ export class TroupeServer {
       onStateChange: (circuit) =>
         this.#log[circuit.state === 'closed' ? 'info' : 'warn']({ dependency: 'store', ...circuit }, `store circuit breaker ${circuit.state}`),
     }));
-    const hub = new SubscriptionHub({ store, maxBufferedBytes: opts.maxBufferedBytes, onOverflow: () => metrics.overflow() });
+    const cluster = (this.cluster = opts.cluster ? new ClusterNode({ ...opts.cluster, store, log: this.#log }) : null);
+    // In a cluster, events of one tenant are committed on several nodes: subscribers read them
+    // back from the store in position order instead of in the order they arrive.
+    const hub = new SubscriptionHub({ store, maxBufferedBytes: opts.maxBufferedBytes, onOverflow: () => metrics.overflow(), ordered: cluster !== null });
     this.#inspector = opts.statelyInspectUrl ? new StatelyInspector({ url: opts.statelyInspectUrl, kinds: actorKinds, log: this.#log }) : null;
     this.host = new ActorHost({
       store,
-      ownership: opts.ownership ?? new LocalOwnership(store),
+      ownership: opts.ownership ?? cluster?.ownership ?? new LocalOwnership(store),
+      ...(cluster ? { remote: cluster } : {}),
+      onFenced: (kind) => {
+        metrics.fenced(kind);
+        cluster?.fenced();
+      },
       kinds: [...actorKinds],
       idleMs: opts.idleMs,
       maxActive: opts.maxActiveActors,
@@ -236,8 +253,13 @@ export class TroupeServer {
       host: this.host,
       now,
       onFired: (lagMs) => metrics.timerLag(lagMs / 1000),
+      // In a cluster each node also sees timers written by the others: look often, fire only our share.
+      ...(cluster ? { pollMs: 1000 } : {}),
       // Timers that need a decision go to the service that makes it; the rest to their actors.
-      deliver: (t) => (t.kind === 'execution' && t.name === 'dispatch' ? dispatcher.deliver(t) : assigner.deliverTimer(t)),
+      deliver: (t) => {
+        if (cluster && !cluster.takes(t.stream)) return Promise.reject(new NotOurs());
+        return t.kind === 'execution' && t.name === 'dispatch' ? dispatcher.deliver(t) : assigner.deliverTimer(t);
+      },
     });
     this.#outbox = new OutboxDispatcher(this.host);
     this.app = {
@@ -293,7 +315,9 @@ export class TroupeServer {
 
   /** Starts listening; resolves with the bound port and the WebSocket URL. */
   async start(): Promise<{ port: number; url: string; httpUrl: string }> {
-    await this.#resetAgentConnections();
+    if (this.cluster) await this.cluster.attach(this.host);
+    // Other nodes hold connections of their own: only a single node may assume none are left.
+    else await this.#resetAgentConnections();
     await this.#timers.start();
     await this.#outbox.start();
     await new Promise<void>((resolve, reject) => {
@@ -305,7 +329,9 @@ export class TroupeServer {
     const { port } = this.#http.address() as AddressInfo;
     const host = this.#opts.host ?? '127.0.0.1';
     const shown = host === '0.0.0.0' || host === '::' ? '127.0.0.1' : host;
-    return { port, url: `ws://${shown}:${port}/v1`, httpUrl: `http://${shown}:${port}` };
+    const url = `ws://${shown}:${port}/v1`;
+    if (this.cluster) await this.cluster.join(this.#opts.cluster?.advertiseUrl ?? url);
+    return { port, url, httpUrl: `http://${shown}:${port}` };
   }
 
   /** Open WebSocket connections. */
@@ -333,6 +359,7 @@ export class TroupeServer {
         this.#http.closeAllConnections();
       });
       await this.host.close();
+      await this.cluster?.close();
       await this.#inspector?.close();
       // Refusals of the last moments are written before the store closes.
       await this.app.audit?.flush();
@@ -407,18 +434,38 @@ export class TroupeServer {
         res.end(text);
         return;
       }
+      case '/cluster':
+        return this.#clusterEndpoint(req, json);
       case '/protocol.json':
         return json(200, protocolJsonSchema());
       case '/':
-        return json(200, { name: 'troupe', websocket: '/v1', endpoints: ['/healthz', '/readyz', '/metrics', '/machines', '/protocol.json', '/viz'] });
+        return json(200, { name: 'troupe', websocket: '/v1', endpoints: ['/healthz', '/readyz', '/metrics', '/machines', '/protocol.json', '/viz', '/cluster'] });
       default:
         return json(404, { error: `No such endpoint: ${url.pathname}` });
     }
   }
 
+  /**
+   * `GET /cluster` for admins (`Authorization: Bearer <admin key or JWT>`): the live nodes, the
+   * actors each holds by kind, and this node's routing counters.
+   */
+  async #clusterEndpoint(req: http.IncomingMessage, json: (status: number, body: unknown) => void): Promise<void> {
+    const m = /^Bearer\s+(.+)$/i.exec(req.headers.authorization ?? '');
+    if (!m) return json(401, { error: 'Send "Authorization: Bearer <token>" of an admin principal.' });
+    let principal: Principal;
+    try {
+      principal = (await this.app.auth.verify(m[1]!.trim())).principal;
+    } catch (e) {
+      return json(401, { error: e instanceof ProtocolError ? e.message : 'authentication failed' });
+    }
+    if (!principal.roles.includes('admin')) return json(403, { error: `Only admin principals may see the cluster; you are ${principal.roles.join(', ')}.` });
+    if (!this.cluster) return json(200, { mode: 'single', nodes: [{ id: 'local', self: true, actors: Object.fromEntries(this.host.activeByKind()) }] });
+    return json(200, { mode: 'cluster', ...(await this.cluster.view()) });
+  }
+
   /** What `/readyz` says of Redis: nothing without `redisUrl`, else whether rate limits count there. */
   #redisReadiness(): { redis?: 'ok' | 'unavailable'; rateLimits?: string } {
-    if (!this.#opts.redisUrl) return {};
+    if (!this.#opts.redisUrl && !this.cluster) return {};
     const backend = this.app.rateLimits?.backend;
     return backend === 'redis' ? { redis: 'ok' } : { redis: 'unavailable', rateLimits: backend ?? 'memory-fallback' };
   }
@@ -652,5 +699,13 @@ export class TroupeServer {
     // pino's err serializer keeps the stack.
     log.error({ err: e }, 'handler failed');
     return new ProtocolError('INTERNAL', `The server failed while handling ${method}; read the resource to see whether it changed before retrying.`);
+  }
+}
+
+/** A timer another node of the cluster fires: left for it, and looked at again later. */
+class NotOurs extends Error {
+  readonly retryAfterMs = 1000;
+  constructor() {
+    super('another node fires this timer');
   }
 }

@@ -467,6 +467,15 @@ export class MemoryStore implements Store {
     return true;
   }
 
+  async claimEpoch(stream: string, tenant: string, kind: string, actorId: string): Promise<number> {
+    this.#assertOpen();
+    const state = this.#streams.get(stream);
+    if (state) return ++state.epoch;
+    // A claimed stream exists at version 0, so listStreams (version > 0) leaves it out.
+    this.#streams.set(stream, { tenant, kind, actorId, version: 0, epoch: 1, positions: [] });
+    return 1;
+  }
+
   async nextCounter(name: string): Promise<number> {
     this.#assertOpen();
     const value = (this.#counters.get(name) ?? 0) + 1;

@@ -147,16 +147,24 @@ export interface PreparedRefusals {
   refusals: unknown[][];
 }
 
-/** What one call hands the writer: a commit's items, or refusal records. */
-export type PreparedCall = PreparedItem[] | PreparedRefusals;
+/** A claim of a stream's next fencing epoch, written by the writer like a commit call. */
+export interface PreparedClaim {
+  claim: { stream: string; tenant: string; kind: string; actorId: string };
+}
+
+/** What one call hands the writer: a commit's items, refusal records, or an epoch claim. */
+export type PreparedCall = PreparedItem[] | PreparedRefusals | PreparedClaim;
+
+/** What the writer answers for one call: a commit's outcomes (none for refusals), or the claimed epoch. */
+export type WriterResult = CommitOutcome[] | { epoch: number };
 
 interface PendingCall {
   /**
    * Inline writer: the prepared call. Writer thread: the call as one JSON text (cheaper to post):
-   * the commit's items, or `{ refusals }`.
+   * the commit's items, `{ refusals }` or `{ claim }`.
    */
   items: PreparedCall | string;
-  resolve: (outcomes: CommitOutcome[]) => void;
+  resolve: (result: WriterResult) => void;
   reject: (err: unknown) => void;
 }
 
@@ -220,7 +228,7 @@ export class SqliteStore implements Store {
       workerData: { path, synchronous, snapshotsKeep },
     });
     worker.unref();
-    worker.on('message', (m: { id: number; results?: (CommitOutcome[] | { error: string })[]; error?: string }) => {
+    worker.on('message', (m: { id: number; results?: (WriterResult | { error: string })[]; error?: string }) => {
       const calls = this.#inFlight.get(m.id);
       this.#inFlight.delete(m.id);
       if (!calls) return;
@@ -250,7 +258,7 @@ export class SqliteStore implements Store {
 
   commit(items: CommitItem[]): Promise<CommitOutcome[]> {
     if (items.length === 0 && !this.#closed && !this.#workerFailure) return Promise.resolve([]);
-    return this.#enqueue(() => (this.#worker ? JSON.stringify(items) : items.map(prepareItem)), 'commit');
+    return this.#enqueue<CommitOutcome[]>(() => (this.#worker ? JSON.stringify(items) : items.map(prepareItem)), 'commit');
   }
 
   /**
@@ -265,8 +273,24 @@ export class SqliteStore implements Store {
     }, 'appendRefusals');
   }
 
-  /** Queues one writer call; `prepare` runs now, so later changes by the caller cannot reach the store. */
-  #enqueue(prepare: () => PreparedCall | string, what: string): Promise<CommitOutcome[]> {
+  /**
+   * Takes the stream's next fencing epoch through the writer, like a commit: it is ordered with
+   * the commits of this process, shares their transaction and fsync, and other processes on the
+   * file wait for the write lock (IMMEDIATE transactions) instead of interleaving.
+   */
+  async claimEpoch(stream: string, tenant: string, kind: string, actorId: string): Promise<number> {
+    const { epoch } = await this.#enqueue<{ epoch: number }>(() => {
+      const claim = checkClaim({ stream, tenant, kind, actorId });
+      return this.#worker ? JSON.stringify({ claim }) : { claim };
+    }, 'claimEpoch');
+    return epoch;
+  }
+
+  /**
+   * Queues one writer call; `prepare` runs now, so later changes by the caller cannot reach the
+   * store. `R` is the writer's answer to that kind of call.
+   */
+  #enqueue<R extends WriterResult>(prepare: () => PreparedCall | string, what: string): Promise<R> {
     if (this.#closed) return Promise.reject(new Error(`SqliteStore is closed: ${what} refused`));
     if (this.#workerFailure) return Promise.reject(this.#workerFailure);
     let prepared: PreparedCall | string;
@@ -276,7 +300,7 @@ export class SqliteStore implements Store {
       return Promise.reject(err);
     }
     return new Promise((resolve, reject) => {
-      this.#queue.push({ items: prepared, resolve, reject });
+      this.#queue.push({ items: prepared, resolve: resolve as (result: WriterResult) => void, reject });
       // With a worker, one batch is in flight at a time; the next one waits for its answer.
       if (this.#inFlight.size === 0) this.#flushTimer ??= setImmediate(() => this.#flush());
     });
@@ -295,7 +319,7 @@ export class SqliteStore implements Store {
       this.#worker.postMessage({ id, calls: batch.map((c) => c.items) });
       return;
     }
-    let results: (CommitOutcome[] | Error)[];
+    let results: (WriterResult | Error)[];
     try {
       results = this.#writer!.write(batch.map((c) => c.items as PreparedCall));
     } catch (err) {
@@ -584,8 +608,8 @@ export class SqliteStore implements Store {
 export class SqliteWriter {
   #s: Statements;
   #snapshotsKeep: number;
-  #fast: Database.Transaction<(calls: PreparedCall[]) => CommitOutcome[][]>;
-  #safe: Database.Transaction<(calls: PreparedCall[]) => (CommitOutcome[] | Error)[]>;
+  #fast: Database.Transaction<(calls: PreparedCall[]) => WriterResult[]>;
+  #safe: Database.Transaction<(calls: PreparedCall[]) => (WriterResult | Error)[]>;
 
   constructor(db: Database.Database, snapshotsKeep: number) {
     this.#s = prepareStatements(db);
@@ -612,7 +636,7 @@ export class SqliteWriter {
    * Writes the calls in one transaction. Returns each call's outcomes, or the error that made
    * that call (alone) roll back. Throws if the transaction as a whole failed.
    */
-  write(calls: PreparedCall[]): (CommitOutcome[] | Error)[] {
+  write(calls: PreparedCall[]): (WriterResult | Error)[] {
     try {
       // IMMEDIATE takes the write lock up front, so another process sharing the file makes us
       // wait (busy_timeout) instead of failing on a lock upgrade half way.
@@ -622,9 +646,13 @@ export class SqliteWriter {
     }
   }
 
-  /** Writes one call: a commit's items, or refusal records (which have no outcomes). */
-  #writeCall(call: PreparedCall): CommitOutcome[] {
+  /** Writes one call: a commit's items, refusal records (which have no outcomes), or an epoch claim. */
+  #writeCall(call: PreparedCall): WriterResult {
     if (Array.isArray(call)) return call.map((item) => this.#writeItem(item));
+    if ('claim' in call) {
+      const { stream, tenant, kind, actorId } = call.claim;
+      return { epoch: this.#s.claimEpoch.get(stream, tenant, kind, actorId)!.epoch as number };
+    }
     for (const row of call.refusals) this.#s.upsertRefusal.run(...row);
     return [];
   }
@@ -816,6 +844,9 @@ const SQL = {
   listApiKeysOfTenant: 'SELECT * FROM api_keys WHERE tenant = ? ORDER BY id',
   // The first revocation time is the one that counts; revoking again changes nothing.
   revokeApiKey: 'UPDATE api_keys SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ?',
+  // A claimed stream without events stays at version 0: listStreams skips it, commits see its epoch.
+  claimEpoch: `INSERT INTO streams (stream, tenant, kind, actor_id, version, epoch) VALUES (?, ?, ?, ?, 0, 1)
+    ON CONFLICT (stream) DO UPDATE SET epoch = epoch + 1 RETURNING epoch`,
   nextCounter: `INSERT INTO counters (name, value) VALUES (?, 1)
     ON CONFLICT (name) DO UPDATE SET value = value + 1 RETURNING value`,
   ping: 'SELECT 1',
@@ -898,12 +929,24 @@ export function prepareRefusals(records: RefusalRecord[]): PreparedRefusals {
   };
 }
 
-/** A writer call from its JSON form (posted to the writer thread): commit items, or `{ refusals }`. */
+/** Throws a TypeError naming the first argument of an epoch claim that is not a string. */
+export function checkClaim(claim: PreparedClaim['claim']): PreparedClaim['claim'] {
+  for (const field of ['stream', 'tenant', 'kind', 'actorId'] as const) {
+    if (typeof claim[field] !== 'string') throw new TypeError(`claimEpoch: ${field} must be a string`);
+  }
+  return { stream: claim.stream, tenant: claim.tenant, kind: claim.kind, actorId: claim.actorId };
+}
+
+/**
+ * A writer call from its JSON form (posted to the writer thread): commit items, `{ refusals }`
+ * or `{ claim }`.
+ */
 export function prepareCall(value: unknown): PreparedCall {
   if (Array.isArray(value)) return (value as CommitItem[]).map(prepareItem);
-  const refusals = (value as { refusals?: unknown } | null)?.refusals;
-  if (!Array.isArray(refusals)) throw new TypeError('a writer call is commit items or { refusals }');
-  return prepareRefusals(refusals as RefusalRecord[]);
+  const call = value as { refusals?: unknown; claim?: unknown } | null;
+  if (call?.claim !== undefined) return { claim: checkClaim(call.claim as PreparedClaim['claim']) };
+  if (!Array.isArray(call?.refusals)) throw new TypeError('a writer call is commit items, { refusals } or { claim }');
+  return prepareRefusals(call.refusals as RefusalRecord[]);
 }
 
 function toRefusal(row: Row): RefusalRecord {

@@ -3,8 +3,8 @@ import { SqliteWriter, openDatabase, prepareCall } from './SqliteStore.js';
 
 /**
  * The writer thread of a `SqliteStore` in worker mode (started through sqliteWriterWorker.mjs):
- * it writes every commit and every batch of refusal records, each batch it receives in one
- * transaction, and answers with the outcomes once they are durable. (The main thread's
+ * it writes every commit, every batch of refusal records and every fencing epoch claim, each batch
+ * it receives in one transaction, and answers with the outcomes once they are durable. (The main thread's
  * connection only makes rare writes: keys, tenants, counters, outbox acknowledgements.)
  */
 const { path, synchronous, snapshotsKeep } = workerData as { path: string; synchronous: string; snapshotsKeep: number };

@@ -318,22 +318,18 @@ test('a commit the store refuses or fails rejects the turn, reloads the actor fr
 });
 
 test('a turn that fails after the transition but before the commit leaves memory as the store has it', async () => {
-  const { host, store } = hostOver();
-  await sendTask(host, 't1', createTask('t1'));
-  const e = await rejection(
-    host.send(taskAt('t1'), { type: 'task.assign', agentId: 'ann' }, {
-      principal: 'lead',
-      idempotency: {
-        tenant: 'acme',
-        key: 'k',
-        requestHash: 'h',
-        createdAt: T0,
-        result: () => {
-          throw new Error('result failed');
-        },
+  let failCommits = 0;
+  const { host, store } = hostOver(
+    interceptStore(new MemoryStore(), {
+      commit: (inner, items) => {
+        if (failCommits-- > 0) throw new Error('result failed');
+        return inner(items);
       },
     }),
   );
+  await sendTask(host, 't1', createTask('t1'));
+  failCommits = 1;
+  const e = await rejection(host.send(taskAt('t1'), { type: 'task.assign', agentId: 'ann' }, { principal: 'lead' }));
   assert.match((e as Error).message, /result failed/);
   const after = await statusOf(host, 't1');
   assert.is(after.status, 'pending');
@@ -494,16 +490,16 @@ test('an idempotency key claimed first by another turn surfaces as IdempotencyCo
     key: 'lead\nk1',
     requestHash: 'h1',
     createdAt: T0,
-    result: (_s: TaskSnapshot, version: number) => ({ taskId, version }),
+    result: { taskId },
   });
   await host.send<typeof taskMachine>(taskAt('t1'), createTask('t1'), { principal: 'lead', idempotency: idem('t1') });
-  assert.equal((await store.getIdempotency('acme', 'lead\nk1'))?.result, { taskId: 't1', version: 1 });
+  assert.equal((await store.getIdempotency('acme', 'lead\nk1'))?.result, { taskId: 't1' });
 
   const e = await rejection(host.send<typeof taskMachine>(taskAt('t2'), createTask('t2'), { principal: 'lead', idempotency: idem('t2') }));
   assert.instance(e, IdempotencyConflict);
   assert.is((e as IdempotencyConflict).key, 'lead\nk1');
   assert.is((await store.streamInfo('acme/task/t2')).version, 0);
-  assert.equal((await store.getIdempotency('acme', 'lead\nk1'))?.result, { taskId: 't1', version: 1 });
+  assert.equal((await store.getIdempotency('acme', 'lead\nk1'))?.result, { taskId: 't1' });
   // Memory was reloaded: t2 still does not exist and can be created without the key.
   assert.is((await statusOf(host, 't2')).status, 'draft');
   assert.is((await sendTask(host, 't2', createTask('t2'))).version, 1);

@@ -301,6 +301,82 @@ export function runStoreContract(name: string, setup: () => Promise<StoreFixture
     ]);
   });
 
+  // Fencing epoch claims
+
+  const claim = (stream: string, tenant = T): Promise<number> => {
+    const [kind = '', actorId = ''] = stream.split('/');
+    return store.claimEpoch(stream, tenant, kind, actorId);
+  };
+
+  test('claimEpoch returns 1 for a stream never seen and one more on each claim, per stream', async () => {
+    assert.is(await claim('task/t1'), 1);
+    assert.is(await claim('task/t1'), 2);
+    assert.is(await claim('task/t2'), 1);
+    assert.is(await claim('task/t1'), 3);
+    assert.equal(await store.streamInfo('task/t1'), { version: 0, epoch: 3 });
+    assert.equal(await store.streamInfo('task/t2'), { version: 0, epoch: 1 });
+  });
+
+  test('concurrent claims of one stream each get a distinct epoch', async () => {
+    const epochs = await Promise.all(Array.from({ length: 20 }, () => claim('task/t1')));
+    assert.equal([...epochs].sort((a, b) => a - b), Array.from({ length: 20 }, (_, i) => i + 1));
+    assert.equal(await store.streamInfo('task/t1'), { version: 0, epoch: 20 });
+  });
+
+  test('a claim fences a stream without events: an older epoch is refused, the claimed one commits', async () => {
+    await claim('task/t1');
+    assert.is(await claim('task/t1'), 2);
+    assert.equal(await store.commit([item('task/t1', 0, ['e1'], { epoch: 1 })]), [
+      { ok: false, reason: 'stale_epoch', currentEpoch: 2 },
+    ]);
+    assert.equal(await store.readStream('task/t1'), []);
+    assert.equal(await store.commit([item('task/t1', 0, ['e2'], { epoch: 2 })]), [
+      { ok: true, positions: [1], feedPositions: [1] },
+    ]);
+    assert.equal(await store.streamInfo('task/t1'), { version: 1, epoch: 2 });
+    assert.equal(ids(await store.readStream('task/t1')), ['e2']);
+    assert.equal(await store.listStreams(), ['task/t1']);
+  });
+
+  test('a claim on a stream with events refuses the previous owner\'s next commit and keeps the version', async () => {
+    ok((await store.commit([item('task/t1', 0, ['e1'], { epoch: 1 })]))[0]);
+    assert.is(await claim('task/t1'), 2);
+    assert.equal(await store.streamInfo('task/t1'), { version: 1, epoch: 2 });
+    assert.equal(await store.commit([item('task/t1', 1, ['e2'], { epoch: 1 })]), [
+      { ok: false, reason: 'stale_epoch', currentEpoch: 2 },
+    ]);
+    assert.equal(await store.commit([item('task/t1', 1, [], { epoch: 1, scheduleTimers: [timer('task/t1', 'x', 1)] })]), [
+      { ok: false, reason: 'stale_epoch', currentEpoch: 2 },
+    ]);
+    assert.equal(await store.dueTimers(10, 10), []);
+    ok((await store.commit([item('task/t1', 1, ['e3'], { epoch: 2 })]))[0]);
+    assert.equal(ids(await store.readStream('task/t1')), ['e1', 'e3']);
+  });
+
+  test('claims only grow: a claim after a commit with a higher epoch returns one more than it', async () => {
+    assert.is(await claim('task/t1'), 1);
+    ok((await store.commit([item('task/t1', 0, ['e1'], { epoch: 7 })]))[0]);
+    assert.is(await claim('task/t1'), 8);
+    ok((await store.commit([item('task/t1', 1, [], { epoch: 8 })]))[0]);
+    assert.equal(await store.streamInfo('task/t1'), { version: 1, epoch: 8 });
+    assert.is(await claim('task/t1'), 9);
+  });
+
+  test('a claimed stream without events is not listed and has no events, snapshot or positions', async () => {
+    await claim('task/empty');
+    await claim('agent/a1', 'globex');
+    ok((await store.commit([item('task/t1', 0, ['e1'])]))[0]);
+    assert.equal(await store.listStreams(), ['task/t1']);
+    assert.equal(await store.listStreams('task'), ['task/t1']);
+    assert.equal(await store.listStreams('agent'), []);
+    assert.equal(await store.streamInfo('task/empty'), { version: 0, epoch: 1 });
+    assert.equal(await store.readStream('task/empty'), []);
+    assert.is(await store.loadSnapshot('task/empty'), undefined);
+    assert.is(await store.headPosition(), 1);
+    assert.is(await store.headPosition('globex'), 0);
+    assert.equal(ids(await store.readFeed(0, 10)), ['e1']);
+  });
+
   test('refuses an event id that exists anywhere in the store with duplicate_event', async () => {
     ok((await store.commit([item('task/t1', 0, ['e1'])]))[0]);
     assert.equal(await store.commit([item('task/t2', 0, ['e2', 'e1'])]), [
@@ -938,6 +1014,7 @@ export function runStoreContract(name: string, setup: () => Promise<StoreFixture
     await rejects(store.ping(), /closed/);
     await rejects(store.appendRefusals([refusal('r1')]), /closed/);
     await rejects(store.queryEvents(T, {}), /closed/);
+    await rejects(store.claimEpoch('task/t1', T, 'task', 't1'), /closed/);
   });
 
   test.run();

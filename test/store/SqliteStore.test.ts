@@ -1,12 +1,17 @@
+import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import Database from 'better-sqlite3';
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import type { CommitItem, CommitOutcome, Store } from '../../actors/Store.js';
 import { SqliteStore } from '../../src/storage/SqliteStore.js';
 import { runStoreContract } from '../contracts/storeContract.js';
+import { waitFor } from '../helpers/waitFor.js';
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 
 function tempDir(): string {
   return fs.mkdtempSync(path.join(os.tmpdir(), 'troupe-sqlite-'));
@@ -165,6 +170,96 @@ durability('two stores on one file share concurrency control', async () => {
     { ok: false, reason: 'stale_epoch', currentEpoch: 2 },
   ]);
   assert.equal(await b.commit([item('task/t1', 1, ['e2'], { epoch: 2 })]), [{ ok: true, positions: [2], feedPositions: [2] }]);
+});
+
+/**
+ * Opens a SqliteStore on `file` in a child process; once it is open, `start()` makes it claim the
+ * epoch of `stream` `count` times, one after another, and `done` resolves with the epochs it got.
+ */
+async function claimsInChildProcess(file: string, stream: string, count: number): Promise<{ start(): void; done: Promise<number[]> }> {
+  const [kind = '', actorId = ''] = stream.split('/');
+  const module = pathToFileURL(path.join(ROOT, 'src/storage/SqliteStore.ts')).href;
+  const script = `
+    const { SqliteStore } = await import(${JSON.stringify(module)});
+    const store = new SqliteStore({ path: ${JSON.stringify(file)} });
+    process.stdout.write('ready\\n');
+    await new Promise((resolve) => process.stdin.once('data', resolve));
+    const epochs = [];
+    for (let i = 0; i < ${count}; i++) {
+      epochs.push(await store.claimEpoch(${JSON.stringify(stream)}, 'acme', ${JSON.stringify(kind)}, ${JSON.stringify(actorId)}));
+    }
+    await store.close();
+    process.stdout.write(JSON.stringify(epochs) + '\\n');
+    process.exit(0);`;
+  const child = spawn(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], {
+    cwd: ROOT,
+    stdio: ['pipe', 'pipe', 'pipe'],
+  });
+  let out = '';
+  let err = '';
+  child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+  child.stderr.on('data', (d: Buffer) => (err += d.toString()));
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  await Promise.race([
+    waitFor(() => out.startsWith('ready\n'), { timeoutMs: 30_000 }),
+    exited.then((code) => {
+      throw new Error(`the claiming process exited with ${code} before opening the store: ${err}`);
+    }),
+  ]);
+  const done = exited.then((code) => {
+    if (code !== 0) throw new Error(`the claiming process exited with ${code}: ${err}`);
+    return JSON.parse(out.slice('ready\n'.length)) as number[];
+  });
+  return { start: () => child.stdin.end('go\n'), done };
+}
+
+durability('concurrent claims from two stores and another process on one file get distinct, increasing epochs', async () => {
+  const inline = openStore();
+  const worker = openStore({ writer: 'worker' });
+  const other = await claimsInChildProcess(file, 'task/t1', 30);
+  const claims = async (store: Store, n: number): Promise<number[]> => {
+    const epochs: number[] = [];
+    for (let i = 0; i < n; i++) epochs.push(await store.claimEpoch('task/t1', 'acme', 'task', 't1'));
+    return epochs;
+  };
+  other.start();
+  const [fromInline, fromWorker, fromOther] = await Promise.all([claims(inline, 30), claims(worker, 30), other.done]);
+  for (const [name, epochs] of Object.entries({ fromInline, fromWorker, fromOther })) {
+    assert.is(epochs.length, 30, name);
+    for (let i = 1; i < epochs.length; i++) assert.ok(epochs[i]! > epochs[i - 1]!, `${name} increases: ${epochs}`);
+  }
+  const all = [...fromInline, ...fromWorker, ...fromOther].sort((a, b) => a - b);
+  assert.equal(all, Array.from({ length: 90 }, (_, i) => i + 1));
+  assert.equal(await inline.streamInfo('task/t1'), { version: 0, epoch: 90 });
+  assert.equal(await worker.listStreams(), []);
+  // Every store on the file sees the fence.
+  assert.equal(await worker.commit([item('task/t1', 0, ['e1'], { epoch: 89 })]), [
+    { ok: false, reason: 'stale_epoch', currentEpoch: 90 },
+  ]);
+  assert.equal(await inline.commit([item('task/t1', 0, ['e1'], { epoch: 90 })]), [
+    { ok: true, positions: [1], feedPositions: [1] },
+  ]);
+  assert.equal(await worker.listStreams(), ['task/t1']);
+});
+
+durability('a claimed epoch survives close and reopen', async () => {
+  const first = openStore({ writer: 'worker' });
+  assert.is(await first.claimEpoch('task/t1', 'acme', 'task', 't1'), 1);
+  assert.is(await first.claimEpoch('task/t1', 'acme', 'task', 't1'), 2);
+  await first.close();
+  const second = openStore();
+  assert.equal(await second.streamInfo('task/t1'), { version: 0, epoch: 2 });
+  assert.is(await second.claimEpoch('task/t1', 'acme', 'task', 't1'), 3);
+});
+
+durability('claimEpoch refuses arguments that are not strings before writing', async () => {
+  for (const writer of ['inline', 'worker'] as const) {
+    const store = openStore({ writer });
+    const err = await store.claimEpoch('task/t1', 'acme', 'task', 7 as unknown as string).then(() => null, (e: unknown) => e);
+    assert.instance(err, TypeError);
+    assert.match((err as Error).message, /claimEpoch: actorId must be a string/);
+    assert.equal(await store.streamInfo('task/t1'), { version: 0, epoch: 0 });
+  }
 });
 
 durability('refuses a file written by a newer schema version', async () => {

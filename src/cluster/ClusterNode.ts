@@ -1,0 +1,252 @@
+import { createHash, randomUUID } from 'node:crypto';
+import { Redis } from 'ioredis';
+import { DUPLICATE, IdempotencyConflict, type ActorHost } from '../../actors/ActorHost.js';
+import type { ActorAddress } from '../../actors/ActorKind.js';
+import type { RemoteActors, WireRead, WireTurn, WireTurnOptions } from '../../actors/Remote.js';
+import type { OutboxRecord, Store, StoredEvent, TimerRecord, ViewRecord } from '../../actors/Store.js';
+import { ProtocolError, isProtocolError } from '../../protocol/errors.js';
+import type { Logger } from '../logger.js';
+import { Bus } from './Bus.js';
+import { Membership, type NodeInfo } from './Membership.js';
+import { RedisOwnership } from './RedisOwnership.js';
+
+/** How a node joins a cluster; durations in milliseconds. */
+export interface ClusterOptions {
+  /** This node's id, unique in the cluster (default: a random one per start). */
+  nodeId?: string;
+  /** The Redis all nodes share for membership, routing and events (`TROUPE_REDIS_URL`). */
+  redisUrl: string;
+  /**
+   * Independent Redis instances for the actor leases (Redlock; a majority must agree). Default:
+   * the shared Redis alone.
+   */
+  lockUrls?: string[];
+  /** How long an actor's lease lasts without renewal (default 10 000): the failover time after a crash. */
+  leaseMs?: number;
+  /** Membership heartbeat (default 1 000); a node silent for three is gone. */
+  heartbeatMs?: number;
+  /** How long a forwarded message waits for the owner (default 5 000). */
+  requestTimeoutMs?: number;
+  /** Names this cluster's keys and channels, so clusters can share a Redis (default `troupe`). */
+  prefix?: string;
+  /** Where clients reach this node, as shown in `GET /cluster` (default: the URL it listens on). */
+  advertiseUrl?: string;
+}
+
+interface CommitMessage {
+  events: StoredEvent[];
+  topics: string[][];
+  view: ViewRecord | null | undefined;
+}
+
+/** What `GET /cluster` shows. */
+export interface ClusterView {
+  self: string;
+  leaseMs: number;
+  nodes: (NodeInfo & { self: boolean })[];
+  /** Counters of this node since it started. */
+  counters: { forwarded: number; served: number; remoteCommits: number; leasesLost: number; staleWritesRejected: number };
+}
+
+/**
+ * One node's part in a cluster: membership, actor leases with fencing, routing of messages to the
+ * owner of their actor, and the fan-out of commits (subscriptions, caches) to every node.
+ *
+ * Created before the actor host, whose ownership and remote port it provides, then attached to it.
+ */
+export class ClusterNode implements RemoteActors {
+  readonly nodeId: string;
+  readonly ownership: RedisOwnership;
+  readonly membership: Membership;
+  readonly bus: Bus;
+  #lockClients: Redis[];
+  #o: ClusterOptions;
+  #host: ActorHost | null = null;
+  #log: Logger | undefined;
+  #counters = { forwarded: 0, served: 0, remoteCommits: 0, leasesLost: 0, staleWritesRejected: 0 };
+  #address = '';
+
+  constructor(opts: ClusterOptions & { store: Store; log?: Logger }) {
+    this.#o = opts;
+    this.#log = opts.log;
+    this.nodeId = opts.nodeId ?? `node-${randomUUID().slice(0, 8)}`;
+    const prefix = opts.prefix ?? 'troupe';
+    this.bus = new Bus({ url: opts.redisUrl, nodeId: this.nodeId, prefix, requestTimeoutMs: opts.requestTimeoutMs, log: opts.log });
+    const lockUrls = opts.lockUrls && opts.lockUrls.length > 0 ? opts.lockUrls : [opts.redisUrl];
+    // A lock instance that is down must fail fast, so the majority decides without waiting.
+    this.#lockClients = lockUrls.map((url) => {
+      const c = new Redis(url, { maxRetriesPerRequest: 1, enableOfflineQueue: false, connectTimeout: 1000 });
+      c.on('error', (e) => this.#log?.debug({ err: e, url }, 'lock instance connection error'));
+      return c;
+    });
+    this.membership = new Membership({
+      redis: this.bus.redis,
+      nodeId: this.nodeId,
+      address: '',
+      prefix,
+      heartbeatMs: opts.heartbeatMs,
+      actors: () => Object.fromEntries(this.#host?.activeByKind() ?? []),
+      log: opts.log,
+    });
+    this.ownership = new RedisOwnership({
+      nodeId: this.nodeId,
+      lockClients: this.#lockClients,
+      redis: this.bus.redis,
+      store: opts.store,
+      isAlive: (n) => this.membership.isAlive(n),
+      leaseMs: opts.leaseMs,
+      prefix,
+      log: opts.log,
+    });
+  }
+
+  /** Lease duration in milliseconds. */
+  get leaseMs(): number {
+    return this.#o.leaseMs ?? 10_000;
+  }
+
+  /** Counts a commit the store refused as stale (the actor host reports them). */
+  fenced(): void {
+    this.#counters.staleWritesRejected++;
+  }
+
+  /**
+   * Wires the node to its actor host: answers other nodes' forwarded messages, fans commits out
+   * and takes others' in, and drops actors whose lease is lost.
+   */
+  async attach(host: ActorHost): Promise<void> {
+    this.#host = host;
+    this.ownership.onLost((stream) => {
+      this.#counters.leasesLost++;
+      host.leaseLost(stream);
+    });
+    const served = <T>(fn: () => Promise<T>): Promise<T> => {
+      this.#counters.served++;
+      return fn();
+    };
+    this.bus.handle('actor.send', (p) =>
+      served(async () => {
+        const { address, event, opts } = p as { address: ActorAddress; event: { type: string } & Record<string, unknown>; opts: WireTurnOptions };
+        try {
+          const r = await host.sendForwarded(address, event, opts);
+          if (r === DUPLICATE) return 'duplicate';
+          return { snapshot: host.persisted(address.kind, r.snapshot), version: r.version, event: r.event } satisfies WireTurn;
+        } catch (e) {
+          if (e instanceof IdempotencyConflict) throw new ProtocolError('ALREADY_EXISTS', e.message, { idempotencyConflict: e.key });
+          throw e;
+        }
+      }),
+    );
+    this.bus.handle('actor.read', (p) =>
+      served(async () => {
+        const { address } = p as { address: ActorAddress };
+        const r = await host.readForwarded(address);
+        return { snapshot: host.persisted(address.kind, r.snapshot), version: r.version } satisfies WireRead;
+      }),
+    );
+    this.bus.handle('actor.timer', (p) => served(() => host.fireTimerForwarded(p as TimerRecord)));
+    this.bus.handle('actor.deliver', (p) => served(() => host.deliverForwarded(p as OutboxRecord)));
+    host.onCommit((events, topics, view, remote) => {
+      if (!remote) this.bus.broadcast('commits', { events, topics, view } satisfies CommitMessage);
+    });
+    await this.bus.listen('commits', (p) => {
+      const m = p as CommitMessage;
+      this.#counters.remoteCommits += m.events.length;
+      host.applyRemoteCommit(m.events, m.topics, m.view);
+    });
+    await this.bus.ready();
+  }
+
+  /** Joins the cluster (after the node listens), advertising where clients reach it. */
+  async join(address: string): Promise<void> {
+    this.#address = address;
+    this.membership.address = address;
+    await this.membership.start();
+  }
+
+  /** Where this node is reached, as advertised. */
+  get address(): string {
+    return this.#address;
+  }
+
+  // RemoteActors: the actor host calls these for actors another node owns.
+
+  async send(node: string, address: ActorAddress, event: { type: string } & Record<string, unknown>, opts: WireTurnOptions): Promise<WireTurn | 'duplicate'> {
+    this.#counters.forwarded++;
+    try {
+      return await this.bus.request<WireTurn | 'duplicate'>(node, 'actor.send', { address, event, opts });
+    } catch (e) {
+      const key = isProtocolError(e, 'ALREADY_EXISTS') ? e.data.idempotencyConflict : undefined;
+      if (typeof key === 'string') throw new IdempotencyConflict(key);
+      throw e;
+    }
+  }
+
+  read(node: string, address: ActorAddress): Promise<WireRead> {
+    this.#counters.forwarded++;
+    return this.bus.request<WireRead>(node, 'actor.read', { address });
+  }
+
+  async fireTimer(node: string, timer: TimerRecord): Promise<void> {
+    this.#counters.forwarded++;
+    await this.bus.request(node, 'actor.timer', timer);
+  }
+
+  async deliver(node: string, record: OutboxRecord): Promise<void> {
+    this.#counters.forwarded++;
+    await this.bus.request(node, 'actor.deliver', record);
+  }
+
+  /**
+   * True if this node should fire a stored timer (or retry an outbox entry) for an actor: it
+   * holds the actor, or nobody holds it and rendezvous hashing over the live nodes picks this
+   * node. Others leave it, so a timer is not delivered once per node.
+   */
+  takes(stream: string): boolean {
+    if (this.#host?.isActive(stream)) return true;
+    return preferred(stream, this.membership.alive) === this.nodeId;
+  }
+
+  /** Nodes and this node's counters, for `GET /cluster`. */
+  async view(): Promise<ClusterView> {
+    const nodes = await this.membership.nodes();
+    return {
+      self: this.nodeId,
+      leaseMs: this.leaseMs,
+      nodes: nodes.map((n) => ({ ...n, self: n.id === this.nodeId })),
+      counters: { ...this.#counters, leasesLost: this.ownership.lostCount },
+    };
+  }
+
+  /** True when the shared Redis answers. */
+  async ping(): Promise<boolean> {
+    try {
+      await this.bus.redis.ping();
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+  /** Leaves the cluster: stops heartbeating, releases every lease, closes connections. */
+  async close(): Promise<void> {
+    await this.membership.stop();
+    await this.ownership.close();
+    await this.bus.close();
+    for (const c of this.#lockClients) c.disconnect();
+  }
+}
+
+/** The node rendezvous (highest random weight) hashing prefers for a key, among `nodes`. */
+export function preferred(key: string, nodes: readonly string[]): string | undefined {
+  let best: string | undefined;
+  let bestScore = -1n;
+  for (const n of nodes) {
+    const score = createHash('sha1').update(`${n}\n${key}`).digest().readBigUInt64BE(0);
+    if (score > bestScore) {
+      bestScore = score;
+      best = n;
+    }
+  }
+  return best;
+}

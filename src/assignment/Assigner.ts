@@ -195,10 +195,12 @@ export class Assigner {
     const now = this.#o.now();
     const leaseMs = task.leaseSeconds * 1000;
     let until: number | null = null;
-    if (this.#o.presence.count(t.tenant, task.assignedTo) > 0) until = now + leaseMs;
+    const dir = await this.#o.directory.tenant(t.tenant);
+    const agent = dir.agents.get(task.assignedTo)?.agent;
+    // Connected here, or (in a cluster) through another node as its agent actor counts.
+    if (this.#o.presence.count(t.tenant, task.assignedTo) > 0 || (agent?.connections ?? 0) > 0) until = now + leaseMs;
     else {
-      const dir = await this.#o.directory.tenant(t.tenant);
-      const seen = dir.agents.get(task.assignedTo)?.agent.lastSeenAt;
+      const seen = agent?.lastSeenAt;
       const last = Math.max(seen ? Date.parse(seen) : 0, this.#startedAt);
       if (last + leaseMs > now) until = last + leaseMs;
     }

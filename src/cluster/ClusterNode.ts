@@ -161,7 +161,44 @@ export class ClusterNode implements RemoteActors {
   async join(address: string): Promise<void> {
     this.#address = address;
     this.membership.address = address;
+    // Connections a previous run of this node left counted are gone with it.
+    await this.#forgetConnections(this.nodeId);
+    this.membership.onGone = (nodes) => {
+      for (const node of nodes) {
+        // One node (rendezvous) closes the books of a node that vanished without saying goodbye.
+        if (preferred(`gone\n${node}`, this.membership.alive) === this.nodeId) {
+          void this.#forgetConnections(node).catch((e: unknown) => this.#log?.warn({ err: e, node }, 'could not release the connections of a gone node'));
+        }
+      }
+    };
     await this.membership.start();
+  }
+
+  #connKey(node: string): string {
+    return `${this.#o.prefix ?? 'troupe'}:conns:${node}`;
+  }
+
+  /**
+   * Notes a principal's connection to this node (and its end), so that when this node dies
+   * another one can tell the principal's agent actor its connections are gone.
+   */
+  connection(tenant: string, principal: string, delta: 1 | -1): void {
+    void this.bus.redis.hincrby(this.#connKey(this.nodeId), `${tenant}\n${principal}`, delta).catch(() => {});
+  }
+
+  /** Tells the agents connected through a gone node (or this node's previous run) that they are disconnected. */
+  async #forgetConnections(node: string): Promise<void> {
+    const host = this.#host;
+    if (!host) return;
+    const key = this.#connKey(node);
+    const entries = await this.bus.redis.hgetall(key);
+    await this.bus.redis.del(key);
+    for (const [field, count] of Object.entries(entries)) {
+      const [tenant = '', principal = ''] = field.split('\n');
+      for (let i = 0; i < Number(count); i++) {
+        await host.send({ tenant, kind: 'agent', id: principal }, { type: 'agent.disconnected' }, { principal: 'system' }).catch(() => {});
+      }
+    }
   }
 
   /** Where this node is reached, as advertised. */

@@ -43,6 +43,8 @@ export class Membership {
   #now: () => number;
   /** Where clients reach this node; set before {@link Membership.start}. */
   address: string;
+  /** Called with the nodes that were alive at the previous heartbeat and are gone now. */
+  onGone: (nodes: string[]) => void = () => {};
 
   constructor(opts: MembershipOptions) {
     this.#o = opts;
@@ -80,7 +82,11 @@ export class Membership {
       .sadd(`${this.#prefix}:members`, nodeId)
       .exec();
     const nodes = await this.nodes();
+    const before = this.#alive;
     this.#alive = nodes.map((n) => n.id).sort();
+    if (!this.#alive.includes(nodeId)) this.#alive = [...this.#alive, nodeId].sort();
+    const gone = before.filter((n) => !this.#alive.includes(n));
+    if (gone.length > 0) this.onGone(gone);
   }
 
   /** Every live node with its info, sorted by id; forgets nodes whose heartbeat expired. */

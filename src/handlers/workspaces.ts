@@ -383,7 +383,7 @@ export function workspaceHandlers(app: App): Handlers {
         p.tenantId,
         workspaceId,
         { messageId, from: p.principalId, kind: 'broadcast', message },
-        (to) => !(excludeSelf && to === p.principalId),
+        excludeSelf ? { except: p.principalId } : {},
         ctx.correlationId,
       );
       ws.touch(p.tenantId, workspaceId);
@@ -401,7 +401,7 @@ export function workspaceHandlers(app: App): Handlers {
         p.tenantId,
         workspaceId,
         { messageId, from: p.principalId, kind: 'direct', to: principalId, message },
-        (to) => to === principalId,
+        { only: principalId },
         ctx.correlationId,
       );
       ws.touch(p.tenantId, workspaceId);

@@ -44,6 +44,7 @@ import { taskHandlers } from '../handlers/tasks.js';
 import { workflowHandlers } from '../handlers/workflows.js';
 import { workspaceHandlers } from '../handlers/workspaces.js';
 import { WorkspaceService } from '../workspaces/WorkspaceService.js';
+import type { PresenceRelayMessage } from '../workspaces/WorkspacePresence.js';
 import { documentHandlers } from '../handlers/documents.js';
 import { DocumentService, type DocumentLimits } from '../documents/DocumentService.js';
 import { SyncServer } from '../sync/SyncServer.js';
@@ -277,7 +278,14 @@ export class TroupeServer {
       rateLimits: new RateLimits({ redisUrl: opts.redisUrl, ...opts.rateLimits, store, host: this.host, log: this.#log }),
       quotas: new Quotas({ host: this.host, log: this.#log, now, defaults: opts.quotaLimits }),
       audit: new AuditRecorder({ store, now, log: this.#log }),
-      workspaces: new WorkspaceService({ host: this.host, store, hub, now, log: this.#log }),
+      workspaces: new WorkspaceService({
+        host: this.host,
+        store,
+        hub,
+        now,
+        log: this.#log,
+        ...(cluster ? { presenceRelay: { publish: (m) => cluster.bus.broadcast('presence', m), alive: () => cluster.membership.alive } } : {}),
+      }),
       documents: new DocumentService({ host: this.host, store, now, log: this.#log, limits: opts.documents }),
     };
     const dispatcher = new Dispatcher(this.app);
@@ -315,7 +323,12 @@ export class TroupeServer {
 
   /** Starts listening; resolves with the bound port and the WebSocket URL. */
   async start(): Promise<{ port: number; url: string; httpUrl: string }> {
-    if (this.cluster) await this.cluster.attach(this.host);
+    if (this.cluster) {
+      await this.cluster.attach(this.host);
+      const presence = this.app.workspaces!.presence;
+      await this.cluster.bus.listen('presence', (m, from) => presence.receive(from, m as PresenceRelayMessage));
+      this.cluster.bus.broadcast('presence', { t: 'hello' } satisfies PresenceRelayMessage);
+    }
     // Other nodes hold connections of their own: only a single node may assume none are left.
     else await this.#resetAgentConnections();
     await this.#timers.start();
@@ -531,6 +544,7 @@ export class TroupeServer {
     conn.credential = credential;
     if (this.#opts.idleConnectionMs !== 0) new IdleTimeout(conn, this.#opts.idleConnectionMs ?? 600_000).start();
     this.app.presence.add(p.tenantId, p.principalId);
+    this.cluster?.connection(p.tenantId, p.principalId, 1);
     await this.#agentEvent(p, 'agent.connected');
   }
 
@@ -539,6 +553,7 @@ export class TroupeServer {
     if (!p) return;
     this.app.workspaces?.disconnected(conn);
     this.app.presence.remove(p.tenantId, p.principalId);
+    this.cluster?.connection(p.tenantId, p.principalId, -1);
     await this.#agentEvent(p, 'agent.disconnected').catch(() => {});
   }
 

@@ -47,6 +47,38 @@ interface MessageLog {
   total: number;
 }
 
+/** Who receives a workspace message: one principal, or everyone (but one). */
+export interface MessageTarget {
+  only?: string;
+  except?: string;
+}
+
+/** A member present on another node, as that node reports it. */
+interface RemoteMember {
+  status: PresenceStatus;
+  cursor: unknown;
+  focus: unknown;
+  joinedAt: number;
+  updatedAt: number;
+  connections: number;
+}
+
+/** What nodes of a cluster tell each other about presence and messages. */
+export type PresenceRelayMessage =
+  | { t: 'presence'; tenant: string; workspaceId: string; principalId: string; change: 'joined' | 'updated' | 'left'; member: RemoteMember | null; at: number; notify: boolean }
+  | { t: 'message'; tenant: string; workspaceId: string; frame: string; target: MessageTarget }
+  | { t: 'hello' };
+
+/**
+ * Presence across the nodes of a cluster: each node publishes its members' joins, updates,
+ * leaves and the messages sent through it, and hears the others'.
+ */
+export interface PresenceRelay {
+  publish(message: PresenceRelayMessage): void;
+  /** Nodes alive now; members reported by any other node are ignored. */
+  alive(): readonly string[];
+}
+
 /** Options of {@link WorkspacePresence}. */
 export interface WorkspacePresenceOptions {
   now: () => number;
@@ -54,6 +86,8 @@ export interface WorkspacePresenceOptions {
   roleOf: (tenant: string, workspaceId: string, principalId: string) => WorkspaceRole | null;
   /** Messages remembered per workspace for metrics (default 10 000; older ones are forgotten). */
   messageLog?: number;
+  /** Set in a cluster: members and messages of other nodes' connections. */
+  relay?: PresenceRelay;
 }
 
 /**
@@ -71,6 +105,8 @@ export class WorkspacePresence {
   #messages = new Map<string, MessageLog>();
   #opts: WorkspacePresenceOptions;
   #maxLog: number;
+  /** Members present through other nodes: room key → node → principal → state. */
+  #remote = new Map<string, Map<string, Map<string, RemoteMember>>>();
   readonly since: number;
 
   constructor(opts: WorkspacePresenceOptions) {
@@ -210,22 +246,117 @@ export class WorkspacePresence {
     this.#messages.delete(this.#key(tenant, workspaceId));
   }
 
-  /** Members present now. */
+  /** Members present now (on any node of a cluster). */
   list(tenant: string, workspaceId: string): MemberPresence[] {
     const room = this.#room(tenant, workspaceId);
-    if (!room) return [];
-    return [...room.members.values()].map((m) => this.#resource(room, m)).sort((a, b) => (a.principalId < b.principalId ? -1 : 1));
+    const byId = new Map<string, MemberPresence>();
+    if (room) for (const m of room.members.values()) byId.set(m.principalId, this.#resource(room, m));
+    for (const [principalId, r] of this.#remoteMembers(tenant, workspaceId)) {
+      const here = byId.get(principalId);
+      if (here) here.connections += r.connections;
+      else byId.set(principalId, this.#remoteResource(tenant, workspaceId, principalId, r));
+    }
+    return [...byId.values()].sort((a, b) => (a.principalId < b.principalId ? -1 : 1));
   }
 
-  /** Present members and connections. */
+  /** Present members and connections (on any node of a cluster). */
   counts(tenant: string, workspaceId: string): { members: number; connections: number } {
     const room = this.#room(tenant, workspaceId);
-    return { members: room?.members.size ?? 0, connections: room?.conns.size ?? 0 };
+    const members = new Set(room?.members.keys() ?? []);
+    let connections = room?.conns.size ?? 0;
+    for (const [principalId, r] of this.#remoteMembers(tenant, workspaceId)) {
+      members.add(principalId);
+      connections += r.connections;
+    }
+    return { members: members.size, connections };
   }
 
-  /** True when the principal has a present connection. */
+  /** True when the principal has a present connection (on any node of a cluster). */
   isPresent(tenant: string, workspaceId: string, principalId: string): boolean {
-    return this.#room(tenant, workspaceId)?.members.has(principalId) ?? false;
+    if (this.#room(tenant, workspaceId)?.members.has(principalId)) return true;
+    for (const [id] of this.#remoteMembers(tenant, workspaceId)) if (id === principalId) return true;
+    return false;
+  }
+
+  /** Members other live nodes report for a workspace (a principal on two nodes appears twice). */
+  *#remoteMembers(tenant: string, workspaceId: string): Generator<[string, RemoteMember]> {
+    const byNode = this.#remote.get(this.#key(tenant, workspaceId));
+    if (!byNode || !this.#opts.relay) return;
+    const alive = this.#opts.relay.alive();
+    for (const [node, members] of byNode) {
+      if (!alive.includes(node)) continue;
+      yield* members;
+    }
+  }
+
+  #remoteResource(tenant: string, workspaceId: string, principalId: string, r: RemoteMember): MemberPresence {
+    return {
+      principalId,
+      role: this.#opts.roleOf(tenant, workspaceId, principalId),
+      status: r.status,
+      cursor: r.cursor,
+      focus: r.focus,
+      connections: r.connections,
+      joinedAt: new Date(r.joinedAt).toISOString(),
+      updatedAt: new Date(r.updatedAt).toISOString(),
+    };
+  }
+
+  /**
+   * Takes in what another node reports: its members' presence (passed on to the connections
+   * present here) and the messages sent through it (delivered to the matching connections here).
+   * A node that joins says hello, and every node answers with its members (without notifying).
+   */
+  receive(node: string, m: PresenceRelayMessage): void {
+    if (m.t === 'hello') {
+      for (const room of this.#rooms.values()) for (const member of room.members.values()) this.#relayPresence(room, 'updated', member, false);
+      return;
+    }
+    const key = this.#key(m.tenant, m.workspaceId);
+    if (m.t === 'message') {
+      const room = this.#rooms.get(key);
+      if (!room) return;
+      for (const pc of room.conns.values()) if (targets(m.target, pc.principalId) && !pc.conn.closed) pc.conn.notifyFrame(m.frame);
+      return;
+    }
+    let byNode = this.#remote.get(key);
+    if (!byNode) this.#remote.set(key, (byNode = new Map()));
+    let members = byNode.get(node);
+    if (!members) byNode.set(node, (members = new Map()));
+    if (m.member) members.set(m.principalId, m.member);
+    else members.delete(m.principalId);
+    if (members.size === 0) byNode.delete(node);
+    if (byNode.size === 0) this.#remote.delete(key);
+    const room = this.#rooms.get(key);
+    if (!m.notify || !room) return;
+    const frame = JSON.stringify({
+      jsonrpc: '2.0',
+      method: WORKSPACE_PRESENCE,
+      params: {
+        workspaceId: m.workspaceId,
+        change: m.change,
+        principalId: m.principalId,
+        presence: m.member ? this.#remoteResource(m.tenant, m.workspaceId, m.principalId, m.member) : null,
+        at: new Date(m.at).toISOString(),
+      },
+    });
+    for (const pc of room.conns.values()) if (!pc.conn.closed) pc.conn.notifyFrame(frame);
+  }
+
+  #relayPresence(room: Room, change: 'joined' | 'updated' | 'left', m: MemberState, notify: boolean): void {
+    this.#opts.relay?.publish({
+      t: 'presence',
+      tenant: room.tenant,
+      workspaceId: room.workspaceId,
+      principalId: m.principalId,
+      change,
+      member:
+        change === 'left'
+          ? null
+          : { status: m.status, cursor: m.cursor, focus: m.focus, joinedAt: m.joinedAt, updatedAt: m.updatedAt, connections: m.conns.size },
+      at: this.#opts.now(),
+      notify,
+    });
   }
 
   /**
@@ -236,7 +367,7 @@ export class WorkspacePresence {
     tenant: string,
     workspaceId: string,
     msg: { messageId: string; from: string; kind: 'broadcast' | 'direct'; to?: string; message: unknown },
-    to: (principalId: string) => boolean,
+    target: MessageTarget,
     causedBy?: string,
   ): number {
     const at = this.#opts.now();
@@ -246,16 +377,23 @@ export class WorkspacePresence {
     log.items.push({ at, from: msg.from, kind: msg.kind });
     log.total++;
     if (log.items.length > this.#maxLog) log.items.splice(0, log.items.length - this.#maxLog);
-    const room = this.#room(tenant, workspaceId);
-    if (!room) return 0;
     const frame = JSON.stringify({
       jsonrpc: '2.0',
       method: WORKSPACE_MESSAGE,
       params: { workspaceId, ...msg, at: new Date(at).toISOString() },
     });
     let n = 0;
+    // Connections on other nodes get it through them; they are counted from what those nodes report.
+    if (this.#opts.relay) {
+      let remote = 0;
+      for (const [principalId, r] of this.#remoteMembers(tenant, workspaceId)) if (targets(target, principalId)) remote += r.connections;
+      if (remote > 0) this.#opts.relay.publish({ t: 'message', tenant, workspaceId, frame, target });
+      n += remote;
+    }
+    const room = this.#room(tenant, workspaceId);
+    if (!room) return n;
     for (const pc of room.conns.values()) {
-      if (!to(pc.principalId) || pc.conn.closed) continue;
+      if (!targets(target, pc.principalId) || pc.conn.closed) continue;
       pc.conn.notifyFrame(frame, causedBy);
       n++;
     }
@@ -283,6 +421,7 @@ export class WorkspacePresence {
   }
 
   #notifyPresence(room: Room, change: 'joined' | 'updated' | 'left', m: MemberState, causedBy?: string): void {
+    this.#relayPresence(room, change, m, true);
     const presence = change === 'left' ? null : this.#resource(room, m);
     const frame = JSON.stringify({
       jsonrpc: '2.0',
@@ -291,4 +430,9 @@ export class WorkspacePresence {
     });
     for (const pc of room.conns.values()) if (!pc.conn.closed) pc.conn.notifyFrame(frame, causedBy);
   }
+}
+
+function targets(target: MessageTarget, principalId: string): boolean {
+  if (target.only !== undefined) return principalId === target.only;
+  return principalId !== target.except;
 }

@@ -10,7 +10,7 @@ import type { Connection } from '../server/Connection.js';
 import type { SubscriptionHub } from '../server/SubscriptionHub.js';
 import type { WorkspaceAccess } from './access.js';
 import { isTenantAdmin, losesAccess, permissionsFor, roleFor } from './permissions.js';
-import { WorkspacePresence } from './WorkspacePresence.js';
+import { type PresenceRelay, WorkspacePresence } from './WorkspacePresence.js';
 
 /** One workspace as the service knows it: its read model document, or a tombstone once deleted. */
 export interface WorkspaceEntry {
@@ -61,6 +61,8 @@ export interface WorkspaceServiceOptions {
   log?: Logger;
   /** Messages remembered per workspace for metrics (default 10 000). */
   messageLog?: number;
+  /** Set in a cluster: presence and messages of members connected to other nodes. */
+  presenceRelay?: PresenceRelay;
 }
 
 /** Events that change one member (`data.principalId`). */
@@ -125,6 +127,7 @@ export class WorkspaceService implements WorkspaceAccess {
       now: this.#now,
       roleOf: (tenant, workspaceId, principalId) => this.#tenants.get(tenant)?.byId.get(workspaceId)?.members.get(principalId)?.role ?? null,
       messageLog: opts.messageLog,
+      relay: opts.presenceRelay,
     });
     this.#host.onCommit((events, _topics, view) => {
       for (const e of events) this.#committed(e, view);

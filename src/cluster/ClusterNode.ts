@@ -100,6 +100,11 @@ export class ClusterNode implements RemoteActors {
     });
   }
 
+  /** Names this cluster's Redis keys and channels. */
+  get prefix(): string {
+    return this.#o.prefix ?? 'troupe';
+  }
+
   /** Lease duration in milliseconds. */
   get leaseMs(): number {
     return this.#o.leaseMs ?? 10_000;

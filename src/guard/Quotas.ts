@@ -1,3 +1,4 @@
+import type { SharedReservations } from './SharedReservations.js';
 import { setImmediate as yieldToCommits } from 'node:timers/promises';
 import type { ActorHost } from '../../actors/ActorHost.js';
 import type { StoredEvent, ViewRecord } from '../../actors/Store.js';
@@ -30,6 +31,8 @@ export interface QuotasOptions {
    * (default 10). After them the count is taken as it is and taken again at the next use.
    */
   seedAttempts?: number;
+  /** Set in a cluster: creates in flight on every node count against the limits. */
+  shared?: SharedReservations;
 }
 
 /** What a create is about to use. Ids let the service tell its own commit from others'. */
@@ -179,12 +182,14 @@ export class Quotas {
   #defaults: Record<QuotaResource, QuotaLimit>;
   #attempts: number;
   #tenants = new Map<string, TenantQuota>();
+  #shared: SharedReservations | undefined;
 
   constructor(opts: QuotasOptions) {
     this.#host = opts.host;
     this.#log = opts.log;
     this.#now = opts.now ?? Date.now;
     this.#attempts = opts.seedAttempts ?? 10;
+    this.#shared = opts.shared;
     this.#defaults = Object.fromEntries(QuotaResources.map((r) => [r, opts.defaults?.[r] ?? null])) as Record<QuotaResource, QuotaLimit>;
     opts.host.onCommit((events, topics, view) => {
       for (let i = 0; i < events.length; i++) this.#committed(events[i]!, topics[i] ?? [], view);
@@ -262,8 +267,37 @@ export class Quotas {
         const held = this.#used(t, r)! + this.#reserved(t, r);
         if (r === 'stored_bytes' ? held >= limit : held + n > limit) throw this.#exceeded(t, r, limit, held, n);
       }
-      return this.#hold(t, ask, new Set(limited.map(([r]) => r)));
+      const hold = this.#hold(t, ask, new Set(limited.map(([r]) => r)));
+      if (this.#shared) await this.#holdShared(t, limited, ask, hold);
+      return hold;
     }
+  }
+
+  /** Holds the reservation in the cluster too; refuses (and releases everything) when other nodes' holds leave no room. */
+  async #holdShared(t: TenantQuota, limited: [QuotaResource, number][], ask: QuotaAsk, hold: QuotaReservation): Promise<void> {
+    const shared = this.#shared!;
+    const idsOf: Partial<Record<QuotaResource, string[]>> = { tasks: ask.tasks, active_tasks: ask.activeTasks, workflow_executions_per_day: ask.executions };
+    const taken: [QuotaResource, string[]][] = [];
+    const releaseAll = () => {
+      for (const [r, ids] of taken) shared.release(t.tenant, r, ids);
+    };
+    for (const [r, n] of limited) {
+      const ids = idsOf[r];
+      if (!ids?.length) continue;
+      const limit = this.#limit(t, r)!;
+      const out = await shared.reserve(t.tenant, r, ids, this.#used(t, r) ?? 0, limit);
+      if (!out.ok) {
+        releaseAll();
+        hold.release();
+        throw this.#exceeded(t, r, limit, out.held, n);
+      }
+      taken.push([r, ids]);
+    }
+    const release = hold.release;
+    hold.release = (error?: unknown) => {
+      releaseAll();
+      release(error);
+    };
   }
 
   #hold(t: TenantQuota, ask: QuotaAsk, limited: Set<QuotaResource>): QuotaReservation {

@@ -36,6 +36,7 @@ import { inspectHandlers } from '../handlers/inspect.js';
 import { serveViz } from '../viz/serveViz.js';
 import { quotaHandlers } from '../handlers/quotas.js';
 import { Quotas, type QuotasOptions } from '../guard/Quotas.js';
+import { SharedReservations } from '../guard/SharedReservations.js';
 import { Dispatcher } from '../workflows/Dispatcher.js';
 import { installGuards } from './guards.js';
 import { IdleTimeout } from '../guard/IdleTimeout.js';
@@ -275,8 +276,14 @@ export class TroupeServer {
       directory,
       assigner,
       leaseSeconds: opts.leaseSeconds ?? 60,
-      rateLimits: new RateLimits({ redisUrl: opts.redisUrl, ...opts.rateLimits, store, host: this.host, log: this.#log }),
-      quotas: new Quotas({ host: this.host, log: this.#log, now, defaults: opts.quotaLimits }),
+      rateLimits: new RateLimits({ redisUrl: opts.redisUrl ?? opts.cluster?.redisUrl, ...opts.rateLimits, store, host: this.host, log: this.#log }),
+      quotas: new Quotas({
+        host: this.host,
+        log: this.#log,
+        now,
+        defaults: opts.quotaLimits,
+        ...(cluster ? { shared: new SharedReservations({ redis: cluster.bus.redis, prefix: cluster.prefix, log: this.#log }) } : {}),
+      }),
       audit: new AuditRecorder({ store, now, log: this.#log }),
       workspaces: new WorkspaceService({
         host: this.host,

@@ -169,7 +169,7 @@ export class AgentDirectory {
 
   /** Follows the host's commits. */
   attach(host: ActorHost): void {
-    host.onCommit((events, _topics, view) => {
+    host.onCommit((events, _topics, view, remote) => {
       const e = events[events.length - 1];
       if (!e || view === undefined || (e.kind !== 'agent' && e.kind !== 'task')) return;
       const t = this.#tenants.get(e.tenant);
@@ -177,7 +177,8 @@ export class AgentDirectory {
       if ((t.seen.get(`${e.kind}/${e.actorId}`) ?? 0) >= e.version) return;
       t.seen.set(`${e.kind}/${e.actorId}`, e.version);
       const freed = e.kind === 'agent' ? t.applyAgent(e.actorId, view) : t.applyTask(e.actorId, view);
-      if (freed) this.#onCapacity(e.tenant);
+      // In a cluster the node that committed the change places waiting work, not every node.
+      if (freed && !remote) this.#onCapacity(e.tenant);
     });
   }
 

@@ -484,10 +484,13 @@ export class TroupeServer {
   }
 
   /** What `/readyz` says of Redis: nothing without `redisUrl`, else whether rate limits count there. */
-  #redisReadiness(): { redis?: 'ok' | 'unavailable'; rateLimits?: string } {
+  #redisReadiness(): { redis?: 'ok' | 'unavailable'; rateLimits?: string; cluster?: { node: string; nodesAlive: number; leasesHeld: number } } {
     if (!this.#opts.redisUrl && !this.cluster) return {};
     const backend = this.app.rateLimits?.backend;
-    return backend === 'redis' ? { redis: 'ok' } : { redis: 'unavailable', rateLimits: backend ?? 'memory-fallback' };
+    const cluster = this.cluster
+      ? { cluster: { node: this.cluster.nodeId, nodesAlive: this.cluster.membership.alive.length, leasesHeld: this.cluster.ownership.heldCount } }
+      : {};
+    return backend === 'redis' ? { redis: 'ok', ...cluster } : { redis: 'unavailable', rateLimits: backend ?? 'memory-fallback', ...cluster };
   }
 
   #accept(ws: WebSocket, req: http.IncomingMessage): void {

@@ -53,6 +53,9 @@ export const DEFAULT_MONGO_DATABASE = 'troupe';
 /** The layout version this code writes; a database with a higher one is refused. */
 const SCHEMA_VERSION = 1;
 
+/** Most commit calls written in one transaction; more wait for the next one. Keeps transactions short. */
+const MAX_BATCH_CALLS = 256;
+
 /** Options of {@link MongoStore}. */
 export interface MongoStoreOptions {
   /**
@@ -309,7 +312,7 @@ interface PendingCommit {
  *
  * - Each commit item is checked and written inside a transaction (a replica set is required; a
  *   single-node one will do). Commit calls made before the next `setImmediate` turn go in one
- *   transaction, in call order; if one call breaks an invariant (a duplicate outbox id), the
+ *   transaction (up to 256 of them), in call order; if one call breaks an invariant (a duplicate outbox id), the
  *   calls are written again one per transaction, so only that call rejects.
  * - Positions are gap-free: per-tenant counter documents and one feed counter are raised inside
  *   the commit's transaction, so they are taken in commit order.
@@ -388,7 +391,7 @@ export class MongoStore implements Store {
       throw new Error(
         'MongoStore commits in transactions, which need a replica set or a sharded cluster, but the server is a ' +
           'standalone mongod: start it with --replSet rs0 and run rs.initiate() once (a single-node replica set ' +
-          'is enough; docker-compose.yml starts one), and add ?replicaSet=rs0 to the connection string',
+          'is enough), and add ?replicaSet=rs0 to the connection string',
       );
     }
     // Nodes starting together may race to create it.
@@ -403,6 +406,18 @@ export class MongoStore implements Store {
       throw new Error(
         `database ${this.#db.databaseName} has schema_version ${meta.value}, newer than this code's ${SCHEMA_VERSION}; upgrade Troupe`,
       );
+    }
+    // Every collection exists before the first transaction: creating one inside a transaction has
+    // restrictions (read concern, sharding) that commits should not depend on.
+    const existing = new Set((await this.#db.listCollections({}, { nameOnly: true }).toArray()).map((info) => info.name));
+    for (const collection of Object.values(this.#c)) {
+      if (existing.has(collection.collectionName)) continue;
+      try {
+        await this.#db.createCollection(collection.collectionName);
+      } catch (err) {
+        // NamespaceExists: another node created it meanwhile.
+        if (!(err instanceof MongoServerError && err.code === 48)) throw err;
+      }
     }
     for (const [name, indexes] of Object.entries(INDEXES) as [keyof Collections, IndexDescription[]][]) {
       await this.#db.collection(this.#c[name].collectionName).createIndexes(indexes);
@@ -436,7 +451,7 @@ export class MongoStore implements Store {
 
   /** Writes every queued call and settles their promises; never rejects. */
   async #flush(): Promise<void> {
-    const batch = this.#queue.splice(0);
+    const batch = this.#queue.splice(0, MAX_BATCH_CALLS);
     if (batch.length === 0) return;
     let results: (CommitOutcome[] | Error)[];
     try {
@@ -1082,7 +1097,8 @@ function viewFilter(tenant: string, kind: string, q: ViewQuery): Filter<ViewDoc>
   if (q.createdBefore !== undefined) createdAt.$lt = q.createdBefore;
   if (Object.keys(createdAt).length > 0) filter.createdAt = createdAt;
   if (q.updatedBefore !== undefined) filter.updatedAt = { $lt: q.updatedBefore };
-  if (q.text !== undefined) {
+  // An empty text matches every row, as SQLite's LIKE '%%' does.
+  if (q.text !== undefined && q.text !== '') {
     // A plain substring test, so nothing in the query is a pattern; $literal keeps a leading `$`
     // from naming a field.
     filter.$and = [{ $expr: { $gte: [{ $indexOfCP: ['$textFold', { $literal: q.text.toLowerCase() }] }, 0] } }];

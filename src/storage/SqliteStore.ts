@@ -176,7 +176,13 @@ interface PendingCall {
  * savepoint. An item refused for a {@link CommitOutcome} reason writes nothing; a call that
  * fails for any other reason (a duplicate outbox id, say) rejects with none of its items written,
  * and the calls around it still land. If the transaction itself fails (a disk error), every call
- * of that flush rejects. Promises resolve only after the transaction is durable.
+ * of that flush rejects. Promises resolve only after the transaction is durable. Refusal records
+ * and fencing epoch claims ({@link SqliteStore.claimEpoch}) go through the same writer, in call
+ * order with the commits.
+ *
+ * Several stores, in one process or several, may share a file: the writer's transactions are
+ * IMMEDIATE (they take the write lock first and wait up to `busy_timeout` for it) and the other
+ * writes are single statements, so no store's checks and writes interleave with another's.
  *
  * @example
  * ```ts

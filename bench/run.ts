@@ -6,6 +6,7 @@ import { parseArgs } from 'node:util';
 import { performance } from 'node:perf_hooks';
 import { ASSIGN_AGENTS, assignmentRows, E2E, FANNED_OUT, RULE_EXPRESSION, type AssignmentSetup } from './assignment.js';
 import { Child } from './child.js';
+import { CLUSTER_AGENTS, clusterChecks, clusterRows, printCluster } from './cluster.js';
 import { ALL_DELIVERED, documentRows, FANOUT_LEVELS } from './documents.js';
 import { floodChecks, floodRows, floodWindows, printFlood } from './flood.js';
 import { timed, type Work } from './loadgen.js';
@@ -46,17 +47,24 @@ import { CALLS_PER_EXECUTION, FIRST_OFFER, WF_AGENTS, workflowRows } from './wor
  *   made on the writer's own copy) at 100, from just before the call until each subscriber's
  *   notification; then, in this process, loading a state document of 10,000 changes from the
  *   store. Windows BENCH_DOC_WARMUP_MS, BENCH_DOC_MEASURE_MS.
+ * - Cluster (bench/cluster.ts): src/main.ts nodes as child processes over one SQLite file and three
+ *   redis-servers: the lifecycle at 100 agents on a plain node, a cluster of 1 and a cluster of 3
+ *   (agents spread; then 3 of 4 calls via another node), a forwarded vs a local `task.progress`,
+ *   and the time from SIGKILL of an actor's owner to the next successful write (lease 2 s).
+ *   BENCH_CLUSTER_SYNC (default NORMAL), BENCH_CLUSTER_AGENTS, BENCH_CLUSTER_FAILOVERS.
  * - Every row: warm-up, then a fixed window; closed loop; exact percentiles from all samples.
  *
  * Flags: `--quick` (short windows), `--only assignment` (rules, baseline and the assignment
  * scenarios, without the task-path rows), `--only workflows` (baseline and the workflow rows),
+ * `--only cluster` (baseline and the cluster section),
  * `--profile` (only the lifecycle at 100 agents, or with
  * `--only assignment` the assignment scenarios, with the server under `--cpu-prof`; prints where
  * each thread's time goes). Env: BENCH_WARMUP_MS, BENCH_MEASURE_MS; BENCH_WRITER=inline|worker (default worker, as `openStore` uses) and
  * BENCH_SYNC=FULL|NORMAL (default FULL) and BENCH_MAX_ACTIVE (actors kept in memory) reach the server
  * process; BENCH_NODE_ARGS adds node flags to it.
  * Traffic goes to 127.0.0.1 only. Results: bench/results/latest.json (with `--only assignment`:
- * latest-assignment.json; with `--only workflows`: latest-workflows.json; with `--profile`:
+ * latest-assignment.json; with `--only workflows`: latest-workflows.json; with `--only cluster`:
+ * latest-cluster.json; with `--profile`:
  * profile-summary.json).
  */
 
@@ -64,10 +72,12 @@ const { values: flags } = parseArgs({
   options: { quick: { type: 'boolean' }, profile: { type: 'boolean' }, only: { type: 'string' } },
   strict: true,
 });
-if (flags.only !== undefined && flags.only !== 'assignment' && flags.only !== 'workflows') {
-  throw new Error(`--only ${flags.only}: the sections that can run alone are "assignment" and "workflows"`);
+if (flags.only !== undefined && flags.only !== 'assignment' && flags.only !== 'workflows' && flags.only !== 'cluster') {
+  throw new Error(`--only ${flags.only}: the sections that can run alone are "assignment", "workflows" and "cluster"`);
 }
-if (flags.profile && flags.only === 'workflows') throw new Error('--profile profiles the lifecycle, or with --only assignment the assignment scenarios; not the workflows');
+if (flags.profile && (flags.only === 'workflows' || flags.only === 'cluster')) {
+  throw new Error(`--profile profiles the lifecycle, or with --only assignment the assignment scenarios; not --only ${flags.only}`);
+}
 const here = path.dirname(fileURLToPath(import.meta.url));
 const resultsDir = path.join(here, 'results');
 const WARMUP_MS = Number(process.env.BENCH_WARMUP_MS ?? (flags.quick ? 500 : 1500));
@@ -92,7 +102,7 @@ const nodeArgsFromEnv = () => (process.env.BENCH_NODE_ARGS ?? '').split(' ').fil
 const AGENTS = 100;
 const LEVELS = [1, 10, 100];
 /** Hard stop for the whole run, whatever happens. */
-const DEADLINE_MS = 300_000;
+const DEADLINE_MS = 360_000;
 
 /** The raw `ws` baseline rows. */
 async function baseline(): Promise<Row[]> {
@@ -591,6 +601,7 @@ async function main(): Promise<void> {
 
   const assignmentOnly = flags.only === 'assignment';
   const workflowsOnly = flags.only === 'workflows';
+  const clusterOnly = flags.only === 'cluster';
   if (flags.profile) {
     let profiles: string[];
     let profiledRows: Row[];
@@ -623,7 +634,7 @@ async function main(): Promise<void> {
   }
 
   let rules: RuleRow[] = [];
-  if (!workflowsOnly) {
+  if (!workflowsOnly && !clusterOnly) {
     process.stdout.write('\nRule evaluation (in process)\n');
     rules = await benchRules();
     for (const r of rules) process.stdout.write(`  ${padEnd(r.name, 52)} ${pad(r.perEvalMicros.toFixed(3), 8)} µs\n`);
@@ -631,32 +642,39 @@ async function main(): Promise<void> {
   process.stdout.write('\nRaw ws baseline\n');
   const raw = await baseline();
   let t: Awaited<ReturnType<typeof troupe>> | undefined;
-  if (!assignmentOnly && !workflowsOnly) {
+  if (!assignmentOnly && !workflowsOnly && !clusterOnly) {
     process.stdout.write('\nTroupe\n');
     t = await troupe(false);
     process.stdout.write(`store: ${t.store}, a fresh node and database per row; create request ${t.sizes.createRequestBytes} B, reply ${t.sizes.createReplyBytes} B\n`);
   }
   let a: Awaited<ReturnType<typeof assignmentRows>> | undefined;
-  if (!workflowsOnly) {
+  if (!workflowsOnly && !clusterOnly) {
     process.stdout.write(`\nTroupe: assignment among ${ASSIGN_AGENTS} agents (warm-up ${assignWindows.warmupMs} ms + window ${assignWindows.measureMs} ms per row)\n`);
     a = await assignmentRows({ windows: assignWindows, nodeArgs: nodeArgsFromEnv(), only: process.env.BENCH_ASSIGN_ROWS });
   }
   let w: Awaited<ReturnType<typeof workflowRows>> | undefined;
-  if (!assignmentOnly) {
+  if (!assignmentOnly && !clusterOnly) {
     process.stdout.write(`\nTroupe: workflows, ${WF_AGENTS} instant agents (warm-up ${wfWindows.warmupMs} ms + window ${wfWindows.measureMs} ms per row, a fresh node per row)\n`);
     w = await workflowRows({ windows: wfWindows, nodeArgs: nodeArgsFromEnv() });
   }
   let fl: Awaited<ReturnType<typeof floodRows>> | undefined;
-  if (!assignmentOnly && !workflowsOnly) {
+  if (!assignmentOnly && !workflowsOnly && !clusterOnly) {
     process.stdout.write(`\nTroupe: flood, tenant B's agents idle vs while one agent of tenant A floods (bench/flood.ts)\n`);
     fl = await floodRows({ windows: floodWindows(!!flags.quick), nodeArgs: nodeArgsFromEnv() });
   }
   let docs: DocumentResult | undefined;
-  if (!assignmentOnly && !workflowsOnly) {
+  if (!assignmentOnly && !workflowsOnly && !clusterOnly) {
     process.stdout.write(
       `\nTroupe: workspace state document fanned out to ${FANOUT_LEVELS.join(' and ')} subscribers (warm-up ${docWindows.warmupMs} ms + window ${docWindows.measureMs} ms per row, a fresh node per row), and loading a document of 10,000 changes (bench/documents.ts)\n`,
     );
     docs = await documentRows({ windows: docWindows, nodeArgs: nodeArgsFromEnv() });
+  }
+  let cl: Awaited<ReturnType<typeof clusterRows>> | undefined;
+  if (!assignmentOnly && !workflowsOnly) {
+    process.stdout.write(
+      `\nTroupe: cluster, src/main.ts nodes over one SQLite file and 3 redis-servers; ${CLUSTER_AGENTS} agents, plain node vs cluster of 1 vs cluster of 3; forwarding; failover (bench/cluster.ts)\n`,
+    );
+    cl = await clusterRows({ windows, quick: !!flags.quick });
   }
   printTable(raw, t?.rows ?? []);
   if (rules.length > 0) printRules(rules);
@@ -664,10 +682,18 @@ async function main(): Promise<void> {
   if (w) printWorkflows(raw, w.rows);
   if (fl) printFlood(fl);
   if (docs) printDocuments(raw, docs);
-  const cs = [...checks(raw, t?.rows ?? []), ...(a ? assignmentChecks(rules, a.rows) : []), ...(w ? workflowChecks(w.rows) : []), ...(fl ? floodChecks(fl) : []), ...(docs ? documentChecks(docs) : [])];
+  if (cl) printCluster(raw, cl);
+  const cs = [
+    ...checks(raw, t?.rows ?? []),
+    ...(a ? assignmentChecks(rules, a.rows) : []),
+    ...(w ? workflowChecks(w.rows) : []),
+    ...(fl ? floodChecks(fl) : []),
+    ...(docs ? documentChecks(docs) : []),
+    ...(cl ? clusterChecks(cl) : []),
+  ];
   process.stdout.write('\nTargets\n');
   for (const c of cs) process.stdout.write(`  [${c.pass ? 'PASS' : 'MISS'}] ${c.target}: ${c.detail}\n`);
-  const file = path.join(resultsDir, assignmentOnly ? 'latest-assignment.json' : workflowsOnly ? 'latest-workflows.json' : 'latest.json');
+  const file = path.join(resultsDir, assignmentOnly ? 'latest-assignment.json' : workflowsOnly ? 'latest-workflows.json' : clusterOnly ? 'latest-cluster.json' : 'latest.json');
   fs.writeFileSync(
     file,
     JSON.stringify(
@@ -692,6 +718,7 @@ async function main(): Promise<void> {
         workflows: w?.rows ?? [],
         flood: fl ?? null,
         documents: docs ?? null,
+        cluster: cl ?? null,
         checks: cs,
       },
       null,

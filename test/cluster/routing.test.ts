@@ -1,35 +1,213 @@
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
-import type { Task } from '../../protocol/model.js';
+import type { TroupeClient } from '../../protocol/client.js';
+import { ErrorCodes, type ProtocolError } from '../../protocol/errors.js';
+import type { Role, Task } from '../../protocol/model.js';
 import { startCluster, type InProcessCluster } from '../helpers/cluster.js';
+import { refusal } from '../helpers/errors.js';
+import { doWork, executionSettled, stepTask } from '../helpers/executions.js';
+import { startServer, type TestServer } from '../helpers/server.js';
 
-const test = suite<{ c: InProcessCluster }>('cluster routing: one system across nodes');
+interface Ctx {
+  c: InProcessCluster;
+  /** A single node, the reference for what errors look like. */
+  single: TestServer;
+  n: number;
+}
+
+const test = suite<Ctx>('cluster routing: one system across nodes');
 
 test.before(async (ctx) => {
-  ctx.c = await startCluster(2);
+  ctx.c = await startCluster(3);
+  ctx.single = await startServer();
+  ctx.n = 0;
 });
 
 test.after(async (ctx) => {
+  await ctx.single.close();
   await ctx.c.close();
 });
 
-test('a task created on one node is read and moved through its lifecycle from another', async ({ c }) => {
-  const lead = await c.client(0, 'acme', 'lead', ['admin']);
-  const w1 = await c.client(1, 'acme', 'w1', ['agent']);
+const taskStream = (tenant: string, id: string) => `${tenant}/task/${id}`;
+
+/** This node's count of messages it sent to other nodes. */
+async function forwarded(c: InProcessCluster, i: number): Promise<number> {
+  return (await c.nodes[i]!.server.cluster!.view()).counters.forwarded;
+}
+
+test('a task created on node 1 is accepted, started and completed by an agent on node 2; search and listForAgent see it from every node', async (ctx) => {
+  const { c } = ctx;
+  const tenant = `r${++ctx.n}`;
+  const lead = await c.client(0, tenant, 'lead', ['admin']);
+  const w1 = await c.client(1, tenant, 'w1', ['agent']);
   await w1.call('agent.register', { capabilities: ['review'] });
-  const t = (await lead.call('task.create', { type: 'review', title: 'Review PR 7', assignTo: 'w1' })) as Task;
-  const seen = (await w1.call('task.get', { taskId: t.id })) as Task;
-  assert.is(seen.id, t.id);
-  await w1.call('task.accept', { taskId: t.id });
-  await w1.call('task.start', { taskId: t.id });
-  const done = (await w1.call('task.complete', { taskId: t.id, result: { ok: true } })) as Task;
+  const t = await lead.call('task.create', { type: 'review', title: 'Review PR 7 zebra', assignTo: 'w1' });
+  const stream = taskStream(tenant, t.id);
+  assert.equal(c.holders(stream), [0], 'the node that created the task holds it');
+
+  const before = await forwarded(c, 1);
+  const seen = await w1.call('task.get', { taskId: t.id });
+  assert.equal([seen.id, seen.status, seen.assignedTo], [t.id, 'assigned', 'w1']);
+  assert.is((await w1.call('task.accept', { taskId: t.id })).status, 'accepted');
+  assert.is((await w1.call('task.start', { taskId: t.id })).status, 'in_progress');
+  assert.equal(c.holders(stream), [0], 'node 2 sent the agent\'s calls to the owner instead of taking the task');
+  assert.ok((await forwarded(c, 1)) > before, 'node 2 forwarded the agent\'s calls');
+
+  // The read models are in the shared store: every node answers queries with the live task.
+  for (const i of [0, 1, 2]) {
+    const admin = await c.client(i, tenant, 'lead', ['admin']);
+    const found = await admin.call('task.search', { query: 'zebra' });
+    assert.equal(found.items.map((x) => [x.id, x.status, x.version]), [[t.id, 'in_progress', 3]], `task.search on node ${i + 1}`);
+    const listed = await admin.call('task.listForAgent', { agentId: 'w1' });
+    assert.equal(listed.items.map((x) => [x.id, x.status]), [[t.id, 'in_progress']], `task.listForAgent on node ${i + 1}`);
+  }
+
+  const done = await w1.call('task.complete', { taskId: t.id, result: { ok: true } });
+  assert.equal([done.status, done.result, done.version], ['completed', { ok: true }, 4]);
+  for (const i of [0, 1, 2]) {
+    const agent = await c.client(i, tenant, 'w1', ['agent']);
+    const mine = await agent.call('task.listForAgent', {});
+    assert.equal(mine.items.map((x) => [x.id, x.status, x.version]), [[t.id, 'completed', 4]], `the agent's own list on node ${i + 1}`);
+    assert.equal(await agent.call('task.get', { taskId: t.id }), done, `task.get on node ${i + 1}`);
+  }
+  assert.ok(c.holders(stream).length <= 1, 'at most one node holds the task');
+});
+
+/** A refusal as a client sees it, with the ids that differ between two runs replaced by names. */
+function shape(e: ProtocolError, ids: Record<string, string>): unknown {
+  let json = JSON.stringify({ code: e.code, reason: e.reason, message: e.message, data: e.data });
+  for (const [name, id] of Object.entries(ids)) json = json.split(id).join(`<${name}>`);
+  return JSON.parse(json);
+}
+
+interface Refusals {
+  illegal: unknown;
+  version: unknown;
+  forbidden: unknown;
+  notFound: unknown;
+}
+
+/**
+ * One script of refused calls about a task and an agent that `owner` made, sent through `via`
+ * (on a cluster: connections to a node that does not hold them). Checks that each refusal left
+ * the task and the agent as they were, and returns the refusals.
+ */
+async function refusedCalls(
+  tenant: string,
+  owner: (principal: string, roles: Role[]) => Promise<TroupeClient>,
+  via: (principal: string, roles: Role[]) => Promise<TroupeClient>,
+  afterEach: (taskId: string) => Promise<void> = async () => {},
+): Promise<{ refusals: Refusals; task: Task }> {
+  const lead = await owner('lead', ['admin']);
+  const w1 = await owner('w1', ['agent']);
+  await w1.call('agent.register', { capabilities: ['review'] });
+  const gone = await owner('gone', ['agent']);
+  await gone.call('agent.register', {});
+  await gone.call('agent.deregister', {});
+  const t = await lead.call('task.create', { type: 'review', title: 'Refused calls', assignTo: 'w1' });
+  const ids = { task: t.id, tenant };
+
+  const lead2 = await via('lead', ['admin']);
+  const w2 = await via('w2', ['agent']);
+  const illegal = await refusal(lead2.call('task.complete', { taskId: t.id, result: 1 }), ErrorCodes.ILLEGAL_TRANSITION);
+  await afterEach(t.id);
+  const version = await refusal(lead2.call('task.update', { taskId: t.id, expectedVersion: t.version + 5, title: 'lost update' }), ErrorCodes.VERSION_MISMATCH);
+  await afterEach(t.id);
+  const forbidden = await refusal(w2.call('task.accept', { taskId: t.id }), ErrorCodes.FORBIDDEN);
+  await afterEach(t.id);
+  const notFound = await refusal(lead2.call('agent.heartbeat', { agentId: 'gone' }), ErrorCodes.NOT_FOUND);
+  await afterEach(t.id);
+
+  assert.equal(await lead2.call('task.get', { taskId: t.id }), t, 'the refusals changed nothing');
+  await refusal(lead2.call('agent.get', { agentId: 'gone' }), ErrorCodes.NOT_FOUND);
+  return { refusals: { illegal: shape(illegal, ids), version: shape(version, ids), forbidden: shape(forbidden, ids), notFound: shape(notFound, ids) }, task: t };
+}
+
+test('refusals of calls forwarded to the owner reach the client with the same code, message and data as on a single node, and change nothing', async (ctx) => {
+  const { c } = ctx;
+  const tenant = `r${++ctx.n}`;
+  const reference = await refusedCalls(
+    tenant,
+    (p, roles) => ctx.single.client(tenant, p, roles),
+    (p, roles) => ctx.single.client(tenant, p, roles),
+  );
+
+  const sent = await forwarded(c, 1);
+  const viaCluster = await refusedCalls(
+    tenant,
+    (p, roles) => c.client(0, tenant, p, roles),
+    (p, roles) => c.client(1, tenant, p, roles),
+    async (taskId) => {
+      for (const s of [taskStream(tenant, taskId), `${tenant}/agent/gone`]) {
+        assert.equal(c.holders(s), [0], `node 1 still holds ${s}: the call was forwarded, not taken over`);
+      }
+    },
+  );
+  assert.ok((await forwarded(c, 1)) >= sent + 4, 'node 2 forwarded each call to node 1');
+  assert.equal(viaCluster.refusals, reference.refusals);
+  assert.equal((await c.nodes[2]!.store.streamInfo(taskStream(tenant, viaCluster.task.id))).version, viaCluster.task.version, 'nothing was stored');
+  for (const i of [0, 1, 2]) {
+    const eye = await c.client(i, tenant, 'eye', ['observer']);
+    assert.equal(await eye.call('task.get', { taskId: viaCluster.task.id }), viaCluster.task, `node ${i + 1} reads the task unchanged`);
+  }
+});
+
+test('task.create with the same idempotency key on different nodes creates one task, also when the calls race', async (ctx) => {
+  const { c } = ctx;
+  const tenant = `r${++ctx.n}`;
+  const leads = [await c.client(0, tenant, 'lead', ['admin']), await c.client(1, tenant, 'lead', ['admin']), await c.client(2, tenant, 'lead', ['admin'])];
+  const params = { type: 'build', title: 'Build once', idempotencyKey: 'build-1' };
+  const first = await leads[0]!.call('task.create', params);
+  const again = await leads[1]!.call('task.create', params);
+  assert.equal(again, first, 'node 2 answers with the task node 1 created');
+  await refusal(leads[2]!.call('task.create', { ...params, title: 'Build twice' }), ErrorCodes.IDEMPOTENCY_MISMATCH);
+
+  const raced = await Promise.all(leads.map((l) => l.call('task.create', { type: 'build', title: 'Build raced', idempotencyKey: 'build-2' })));
+  assert.is(new Set(raced.map((x) => x.id)).size, 1, 'every node answers with the same task');
+  assert.equal(raced[1], raced[0]);
+  assert.equal(raced[2], raced[0]);
+  const all = await leads[2]!.call('task.search', { limit: 100 });
+  assert.equal(all.items.map((x) => x.title).sort(), ['Build once', 'Build raced']);
+});
+
+test('a workflow execution started on node 1 runs its steps as tasks of agents on nodes 2 and 3 and completes', async (ctx) => {
+  const { c } = ctx;
+  const tenant = `r${++ctx.n}`;
+  const lead = await c.client(0, tenant, 'lead', ['admin']);
+  const ag: Record<string, TroupeClient> = {};
+  for (const [id, node] of [['w2', 1], ['w3', 2]] as const) {
+    ag[id] = await c.client(node, tenant, id, ['agent']);
+    await ag[id].call('agent.register', { maxConcurrentTasks: 5 });
+  }
+  const wf = await lead.call('workflow.create', {
+    name: 'ship',
+    type: 'sequential',
+    steps: [
+      { id: 'fetch', action: 'git.fetch', agent: 'w2', input: { repo: '${input.repo}' } },
+      { id: 'build', action: 'build', agent: 'w3', input: { commit: '${steps.fetch.output.commit}' } },
+      { id: 'publish', action: 'publish', agent: 'w2', input: { artifact: '${steps.build.output.artifact}' } },
+    ],
+  });
+  const x = await lead.call('workflow.execute', { workflowId: wf.id, input: { repo: 'acme/api' } });
+  const fetch = await doWork(lead, ag, stepTask(x.id, 'fetch'), { commit: 'abc' });
+  const build = await doWork(lead, ag, stepTask(x.id, 'build'), { artifact: 'api-abc.tgz' });
+  const publish = await doWork(lead, ag, stepTask(x.id, 'publish'), { url: 'https://cdn/api-abc.tgz' });
+  assert.equal(
+    [fetch, build, publish].map((t) => [t.assignedTo, t.parameters]),
+    [
+      ['w2', { repo: 'acme/api' }],
+      ['w3', { commit: 'abc' }],
+      ['w2', { artifact: 'api-abc.tgz' }],
+    ],
+  );
+  const done = await executionSettled(lead, x.id);
   assert.is(done.status, 'completed');
-  const owner = c.nodes.filter((n) => n.server.host.isActive(`acme/task/${t.id}`));
-  assert.ok(owner.length <= 1, 'at most one node holds the task');
-  const view = c.nodes[0]!.server.cluster!;
-  const counters = (await view.view()).counters;
-  const other = (await c.nodes[1]!.server.cluster!.view()).counters;
-  assert.ok(counters.forwarded + other.forwarded > 0, 'some calls were forwarded');
+  assert.equal(done.output, { fetch: { commit: 'abc' }, build: { artifact: 'api-abc.tgz' }, publish: { url: 'https://cdn/api-abc.tgz' } });
+  assert.equal(done.completionOrder, ['fetch', 'build', 'publish']);
+  for (const i of [1, 2]) {
+    const eye = await c.client(i, tenant, 'eye', ['observer']);
+    assert.equal(await eye.call('execution.get', { executionId: x.id }), done, `node ${i + 1} reads the same execution`);
+  }
 });
 
 test.run();

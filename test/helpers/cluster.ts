@@ -1,5 +1,6 @@
 import type { Role } from '../../protocol/model.js';
 import { connect, type ClientOptions, type TroupeClient } from '../../protocol/client.js';
+import { isProtocolError } from '../../protocol/errors.js';
 import type { ClusterOptions } from '../../src/cluster/ClusterNode.js';
 import type { TroupeServerOptions } from '../../src/server/TroupeServer.js';
 import { sqliteStore, startServer, tempDir, type TestServer } from './server.js';
@@ -8,7 +9,12 @@ import { startRedis, type RedisProcess } from './redis.js';
 /** Nodes of one cluster running in this process, over one SQLite file and real Redis servers. */
 export interface InProcessCluster {
   nodes: TestServer[];
+  /** The shared Redis first, then the other lock instances (`redis[0]` is also the first lock). */
   redis: RedisProcess[];
+  /** The prefix of this cluster's Redis keys and channels (`<prefix>:lease:<stream>`...). */
+  prefix: string;
+  /** Indexes of the nodes that hold the actor in memory now (at most one, if ownership works). */
+  holders(stream: string): number[];
   /** A key valid on every node (they share the store). */
   key(tenant: string, principal: string, roles: Role[]): Promise<string>;
   /** Connects a client to node `i`. */
@@ -60,6 +66,8 @@ export async function startCluster(
   return {
     nodes,
     redis,
+    prefix,
+    holders: (stream) => nodes.flatMap((n, i) => (n.server.host.isActive(stream) ? [i] : [])),
     key,
     async client(i, tenant, principal, roles, copts = {}) {
       const c = await connect(nodes[i]!.url, { token: await key(tenant, principal, roles), reconnect: false, ...copts });
@@ -73,4 +81,25 @@ export async function startCluster(
       tmp.remove();
     },
   };
+}
+
+/**
+ * Runs a call until it is not refused with UNAVAILABLE, waiting the `data.retryAfterMs` each
+ * refusal asks for (an ownership move in progress, a write lost to another node's), at most
+ * `timeoutMs` in all. A refusal whose outcome is unknown is not retried. Resolves with the
+ * result and how many refusals came first; other errors reject at once.
+ */
+export async function whenAvailable<T>(call: () => Promise<T>, timeoutMs = 5_000): Promise<{ value: T; refusals: number }> {
+  const deadline = Date.now() + timeoutMs;
+  for (let refusals = 0; ; refusals++) {
+    try {
+      return { value: await call(), refusals };
+    } catch (e) {
+      // A write whose outcome is unknown may have been applied: the caller cannot count it.
+      if (!isProtocolError(e, 'UNAVAILABLE') || e.data.outcome === 'unknown' || Date.now() > deadline) throw e;
+      const wait = e.data.retryAfterMs;
+      if (typeof wait !== 'number') throw new Error(`UNAVAILABLE without data.retryAfterMs: ${e.message}`);
+      await new Promise((r) => setTimeout(r, wait));
+    }
+  }
 }

@@ -210,6 +210,7 @@ test('loadConfig has documented defaults', () => {
     leaseSeconds: 60,
     defaultStrategy: 'least_loaded',
     redisUrl: undefined,
+    cluster: undefined,
     maxJsonDepth: 32,
     maxStringLength: 1_000_000,
     idleConnectionMs: 600_000,
@@ -260,6 +261,31 @@ test('loadConfig reads the environment, and flags win over it', () => {
   assert.is(loadConfig([], { TROUPE_REDIS_URL: 'redis://10.0.0.5:6379/2' }).redisUrl, 'redis://10.0.0.5:6379/2');
 });
 
+test('loadConfig reads the cluster settings only when cluster mode is on', () => {
+  const redis = 'redis://10.0.0.5:6379';
+  assert.is(loadConfig([], { TROUPE_REDIS_URL: redis }).cluster, undefined, 'Redis alone does not make a cluster');
+  assert.equal(loadConfig([], { TROUPE_CLUSTER: 'true', TROUPE_REDIS_URL: redis }).cluster, { redisUrl: redis, leaseMs: 10_000, heartbeatMs: 1_000 });
+  assert.equal(
+    loadConfig([], {
+      TROUPE_CLUSTER: 'TRUE',
+      TROUPE_REDIS_URL: redis,
+      TROUPE_NODE_ID: 'node-2',
+      TROUPE_REDLOCK_URLS: 'redis://a:1, redis://b:2,redis://c:3',
+      TROUPE_CLUSTER_LEASE_MS: '3000',
+      TROUPE_CLUSTER_HEARTBEAT_MS: '250',
+      TROUPE_ADVERTISE_URL: 'ws://node-2:7420/v1',
+    }).cluster,
+    {
+      redisUrl: redis,
+      nodeId: 'node-2',
+      lockUrls: ['redis://a:1', 'redis://b:2', 'redis://c:3'],
+      leaseMs: 3000,
+      heartbeatMs: 250,
+      advertiseUrl: 'ws://node-2:7420/v1',
+    },
+  );
+});
+
 test('loadConfig refuses bad numbers and bad settings, naming them', () => {
   const bad: [string[], Record<string, string>, RegExp][] = [
     [['--port', 'abc'], {}, /port/],
@@ -276,6 +302,11 @@ test('loadConfig refuses bad numbers and bad settings, naming them', () => {
     [[], { TROUPE_MAX_BUFFERED_BYTES: '1.5' }, /TROUPE_MAX_BUFFERED_BYTES/],
     [[], { TROUPE_SQLITE_SYNC: 'OFF' }, /TROUPE_SQLITE_SYNC/],
     [[], { TROUPE_REDIS_URL: 'localhost:6379' }, /TROUPE_REDIS_URL must be a redis:\/\/ or rediss:\/\/ URL/],
+    [[], { TROUPE_CLUSTER: 'yes' }, /TROUPE_CLUSTER must be true or false/],
+    [[], { TROUPE_CLUSTER: 'true' }, /TROUPE_CLUSTER=true needs TROUPE_REDIS_URL/],
+    [[], { TROUPE_CLUSTER: 'true', TROUPE_REDIS_URL: 'redis://r:1', TROUPE_REDLOCK_URLS: 'r:2' }, /TROUPE_REDLOCK_URLS must list redis/],
+    [[], { TROUPE_CLUSTER: 'true', TROUPE_REDIS_URL: 'redis://r:1', TROUPE_NODE_ID: 'a b' }, /TROUPE_NODE_ID must be/],
+    [[], { TROUPE_CLUSTER: 'true', TROUPE_REDIS_URL: 'redis://r:1', TROUPE_CLUSTER_LEASE_MS: '100' }, /TROUPE_CLUSTER_LEASE_MS/],
   ];
   for (const [argv, env, why] of bad) {
     assert.throws(() => loadConfig(argv, env), why, `${argv.join(' ')} ${JSON.stringify(env)}`);

@@ -6,6 +6,7 @@ import { taskMachine } from '../../machines/taskMachine.js';
 import type { TroupeClient } from '../../protocol/client.js';
 import { ErrorCodes } from '../../protocol/errors.js';
 import { INSPECT_MAX_EVENTS } from '../../protocol/inspect.js';
+import { waitFor } from '../helpers/waitFor.js';
 import { refusal } from '../helpers/errors.js';
 import { RawSocket } from '../helpers/rawSocket.js';
 import { sqliteStore, startServer, tempDir, type TestServer } from '../helpers/server.js';
@@ -133,6 +134,8 @@ test('an execution comes with the definition it runs and its steps at each versi
   });
   const x = await t.lead.call('workflow.execute', { workflowId: wf.id, input: {} });
   await t.lead.call('execution.completeStep', { executionId: x.id, stepId: 'fetch', output: { commit: 'abc' } });
+  // The next step starts on its own after the reply: compare once the execution stands still.
+  await waitFor(async () => (await t.eye.call('execution.get', { executionId: x.id })).steps[1]?.status === 'running');
   const r = await t.eye.call('actor.inspect', { kind: 'execution', id: x.id });
   assert.equal(r.resource, await t.eye.call('execution.get', { executionId: x.id }));
   assert.equal(r.definition?.steps.map((s) => s.id), ['fetch', 'build']);

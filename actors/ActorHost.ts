@@ -546,10 +546,12 @@ export class ActorHost {
           }
           cell.lastUsed = this.#now();
           if ((await job.run(cell)) !== true) break;
-          // The store refused a stale write: give the actor up and run the message where it lives now.
+          // The store refused a stale write: give the actor (and a lease that is no longer worth
+          // anything) up, and run the message where the actor lives now.
           cell.stale = true;
           cell.actor?.stop();
           cell.actor = null;
+          await this.#ownership.release(cell.stream).catch(() => {});
         }
       }
     } finally {

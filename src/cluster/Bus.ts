@@ -47,6 +47,8 @@ export class Bus {
   #listeners = new Map<string, (payload: unknown, from: string) => void>();
   #closed = false;
   #ready: Promise<void>;
+  /** Called when the subscriber connection is back after a loss: broadcasts sent meanwhile are gone. */
+  onReconnect: () => void = () => {};
 
   constructor(opts: BusOptions) {
     this.nodeId = opts.nodeId;
@@ -54,11 +56,17 @@ export class Bus {
     this.#timeoutMs = opts.requestTimeoutMs ?? 5_000;
     this.#log = opts.log;
     const redisOpts = { maxRetriesPerRequest: 2, enableOfflineQueue: true, lazyConnect: false };
-    this.#pub = new Redis(opts.url, redisOpts);
+    // A Redis that stops answering fails commands after a while instead of stalling every caller.
+    this.#pub = new Redis(opts.url, { ...redisOpts, commandTimeout: Math.min(2_000, this.#timeoutMs) });
     this.#sub = new Redis(opts.url, redisOpts);
     for (const c of [this.#pub, this.#sub]) c.on('error', (e) => this.#log?.debug({ err: e }, 'cluster bus connection error'));
     this.#sub.on('messageBuffer', (channel: Buffer, message: Buffer) => this.#onMessage(channel.toString(), message));
     this.#ready = this.#sub.subscribe(this.#channel(`node:${this.nodeId}`)).then(() => undefined);
+    let connected = false;
+    this.#sub.on('ready', () => {
+      if (connected && !this.#closed) this.onReconnect();
+      connected = true;
+    });
   }
 
   /** Resolves once this node receives requests. */
@@ -103,11 +111,13 @@ export class Bus {
     return new Promise<T>((resolve, reject) => {
       const timer = setTimeout(() => {
         this.#pending.delete(id);
+        // The node got the request and may have applied it: the caller must not assume either way.
         reject(
-          new ProtocolError('UNAVAILABLE', `Node ${node} did not answer within ${timeoutMs} ms (it may have stopped; its actors move once its leases expire); retry.`, {
-            retryAfterMs: 500,
-            ownerMoving: true,
-          }),
+          new ProtocolError(
+            'UNAVAILABLE',
+            `Node ${node} did not answer within ${timeoutMs} ms; the call may or may not have been applied, so read the state before retrying (a node that stopped hands its actors over once its leases expire).`,
+            { retryAfterMs: 500, outcome: 'unknown' },
+          ),
         );
       }, timeoutMs);
       this.#pending.set(id, { resolve: resolve as (v: unknown) => void, reject, timer });

@@ -75,7 +75,10 @@ export class ClusterNode implements RemoteActors {
     const lockUrls = opts.lockUrls && opts.lockUrls.length > 0 ? opts.lockUrls : [opts.redisUrl];
     // A lock instance that is down must fail fast, so the majority decides without waiting.
     this.#lockClients = lockUrls.map((url) => {
-      const c = new Redis(url, { maxRetriesPerRequest: 1, enableOfflineQueue: false, connectTimeout: 1000 });
+      // An instance that stops answering (paused, partitioned) must not stall renewals: its
+      // commands time out and count as votes against.
+      const timeout = Math.max(100, Math.min(1000, Math.floor((opts.leaseMs ?? 10_000) / 4)));
+      const c = new Redis(url, { maxRetriesPerRequest: 1, enableOfflineQueue: false, connectTimeout: 1000, commandTimeout: timeout });
       c.on('error', (e) => this.#log?.debug({ err: e, url }, 'lock instance connection error'));
       return c;
     });

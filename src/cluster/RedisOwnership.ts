@@ -138,13 +138,12 @@ export class RedisOwnership implements Ownership {
     this.#renewing = true;
     try {
       const entries = [...this.#held];
-      const owners = this.#o.redis.pipeline();
-      for (const [stream] of entries) owners.set(this.#ownerKey(stream), this.#o.nodeId, 'PX', this.#leaseMs);
-      const noted = owners.exec().catch(() => {});
+      const renewed: string[] = [];
       await Promise.all(
         entries.map(async ([stream, held]) => {
           try {
             held.lock = await held.lock.extend(this.#leaseMs);
+            renewed.push(stream);
           } catch (e) {
             if (this.#held.get(stream) !== held) return;
             this.#held.delete(stream);
@@ -154,7 +153,12 @@ export class RedisOwnership implements Ownership {
           }
         }),
       );
-      await noted;
+      // Only leases still ours are noted: a lease another node took keeps that node's note.
+      if (renewed.length > 0) {
+        const owners = this.#o.redis.pipeline();
+        for (const stream of renewed) owners.set(this.#ownerKey(stream), this.#o.nodeId, 'PX', this.#leaseMs);
+        await owners.exec().catch(() => {});
+      }
     } finally {
       this.#renewing = false;
     }

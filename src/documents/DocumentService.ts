@@ -53,6 +53,11 @@ export interface DocumentServiceOptions {
   log?: Logger;
   /** After every change, check that the JSON content kept in memory equals the document's (tests). */
   verifyMirror?: boolean;
+  /**
+   * Before answering from memory, check the document's version in the store (a cluster: another
+   * node may have written it, and the news of it may not have arrived yet). Default false.
+   */
+  checkStoreVersion?: boolean;
 }
 
 /** Which document. */
@@ -150,6 +155,7 @@ export class DocumentService {
   #now: () => number;
   #log: Logger | undefined;
   #verify: boolean;
+  #checkStoreVersion: boolean;
   #slots = new Map<string, Slot>();
   #loaded = 0;
   #loads = 0;
@@ -161,6 +167,7 @@ export class DocumentService {
     this.#now = opts.now ?? Date.now;
     this.#log = opts.log;
     this.#verify = opts.verifyMirror ?? false;
+    this.#checkStoreVersion = opts.checkStoreVersion ?? false;
     this.limits = { ...DEFAULT_DOCUMENT_LIMITS, ...opts.limits };
     // In a cluster another node may write a document this node holds in memory: its copy is
     // then out of date and is rebuilt from the store on its next use.
@@ -499,6 +506,8 @@ export class DocumentService {
   /** The loaded document, loading it from the store when needed. */
   async #live(slot: Slot): Promise<Live> {
     if (slot.live && slot.newer > slot.live.version) this.#discard(slot);
+    // Another node's acknowledged change may not have reached this node yet: the store knows.
+    if (slot.live && this.#checkStoreVersion && (await this.#store.streamInfo(streamOf(slot.address))).version > slot.live.version) this.#discard(slot);
     if (slot.live) return slot.live;
     const started = performance.now();
     const { snapshot, version } = await this.#host.read<typeof documentMachine>(slot.address);

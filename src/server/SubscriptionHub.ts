@@ -155,6 +155,15 @@ export class SubscriptionHub {
     return { subscriptionId: sub.id, position };
   }
 
+  /**
+   * Reads every subscription's topic again from its position (ordered mode): news may have been
+   * lost on the way (the cluster's Redis restarted), but never from the store.
+   */
+  refresh(): void {
+    if (!this.#opts.ordered) return;
+    for (const sub of this.#byId.values()) if (!sub.backlog) void this.#pull(sub);
+  }
+
   /** Removes a subscription; false if it did not exist. */
   unsubscribe(id: string, conn?: Connection): boolean {
     const sub = this.#byId.get(id);

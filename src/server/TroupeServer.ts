@@ -293,7 +293,7 @@ export class TroupeServer {
         log: this.#log,
         ...(cluster ? { presenceRelay: { publish: (m) => cluster.bus.broadcast('presence', m), alive: () => cluster.membership.alive } } : {}),
       }),
-      documents: new DocumentService({ host: this.host, store, now, log: this.#log, limits: opts.documents }),
+      documents: new DocumentService({ host: this.host, store, now, log: this.#log, limits: opts.documents, checkStoreVersion: cluster !== null }),
     };
     const dispatcher = new Dispatcher(this.app);
     this.#handlers = {
@@ -332,6 +332,10 @@ export class TroupeServer {
   async start(): Promise<{ port: number; url: string; httpUrl: string }> {
     if (this.cluster) {
       await this.cluster.attach(this.host);
+      this.cluster.bus.onReconnect = () => {
+        this.#log.warn('cluster bus reconnected: subscribers re-read their topics from the store');
+        this.app.hub.refresh();
+      };
       const presence = this.app.workspaces!.presence;
       await this.cluster.bus.listen('presence', (m, from) => presence.receive(from, m as PresenceRelayMessage));
       this.cluster.bus.broadcast('presence', { t: 'hello' } satisfies PresenceRelayMessage);

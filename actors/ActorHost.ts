@@ -428,8 +428,9 @@ export class ActorHost {
   /** Removes an idle actor from memory and gives up its ownership (safe while iterating `#cells`). */
   #unload(cell: Cell): void {
     this.#cells.delete(cell.stream);
+    // A cell that only forwarded messages to another node never held the actor.
+    if (cell.actor) this.#opts.onPassivated?.(cell.kind.kind);
     cell.actor?.stop();
-    this.#opts.onPassivated?.(cell.kind.kind);
     // Nothing waits for the release; a failed one just lets the lease expire.
     void this.#ownership.release(cell.stream).catch(() => {});
   }

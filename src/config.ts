@@ -57,7 +57,8 @@ export interface Config {
    * Redis and messages routed to their owner. Its settings: `TROUPE_NODE_ID` (default random),
    * `TROUPE_REDLOCK_URLS` (comma-separated independent Redis instances for the leases; default
    * the shared Redis), `TROUPE_CLUSTER_LEASE_MS` (default 10 000), `TROUPE_CLUSTER_HEARTBEAT_MS`
-   * (default 1 000), `TROUPE_ADVERTISE_URL` (the WebSocket URL other people reach this node at).
+   * (default 1 000), `TROUPE_CLUSTER_REQUEST_TIMEOUT_MS` (how long a forwarded call waits for the
+   * owner; default 5 000), `TROUPE_ADVERTISE_URL` (the WebSocket URL other people reach this node at).
    */
   cluster?: ClusterOptions;
   /** Deepest nesting of objects and arrays in a call's params, params itself counting 1 (`TROUPE_MAX_JSON_DEPTH`). Default 32. */
@@ -148,6 +149,7 @@ function clusterOptions(env: NodeJS.ProcessEnv, shared: string | undefined): Clu
     ...(lockUrls.length > 0 ? { lockUrls } : {}),
     leaseMs: int(env.TROUPE_CLUSTER_LEASE_MS, 10_000, 'TROUPE_CLUSTER_LEASE_MS', 600_000, 500),
     heartbeatMs: int(env.TROUPE_CLUSTER_HEARTBEAT_MS, 1_000, 'TROUPE_CLUSTER_HEARTBEAT_MS', 60_000, 100),
+    requestTimeoutMs: int(env.TROUPE_CLUSTER_REQUEST_TIMEOUT_MS, 5_000, 'TROUPE_CLUSTER_REQUEST_TIMEOUT_MS', 600_000, 100),
     ...(env.TROUPE_ADVERTISE_URL ? { advertiseUrl: env.TROUPE_ADVERTISE_URL } : {}),
   };
 }

@@ -42,7 +42,7 @@ export class Bus {
   #prefix: string;
   #timeoutMs: number;
   #log: Logger | undefined;
-  #pending = new Map<string, { resolve: (v: unknown) => void; reject: (e: unknown) => void; timer: NodeJS.Timeout }>();
+  #pending = new Map<string, { node: string; resolve: (v: unknown) => void; reject: (e: unknown) => void; timer: NodeJS.Timeout }>();
   #handlers = new Map<string, RequestHandler>();
   #listeners = new Map<string, (payload: unknown, from: string) => void>();
   #closed = false;
@@ -120,7 +120,7 @@ export class Bus {
           ),
         );
       }, timeoutMs);
-      this.#pending.set(id, { resolve: resolve as (v: unknown) => void, reject, timer });
+      this.#pending.set(id, { node, resolve: resolve as (v: unknown) => void, reject, timer });
       const env: Envelope = { id, from: this.nodeId, type, payload };
       this.#pub.publish(this.#channel(`node:${node}`), JSON.stringify(env)).then(
         (receivers) => {
@@ -178,6 +178,24 @@ export class Bus {
     }
     if (this.#closed) return;
     await this.#pub.publish(this.#channel(`node:${env.from}`), JSON.stringify(reply)).catch((e: unknown) => this.#log?.warn({ err: e }, 'cluster reply failed'));
+  }
+
+  /**
+   * Fails at once the requests waiting for a node that left the cluster (it stopped
+   * heartbeating), instead of letting each wait for its timeout.
+   */
+  failPending(node: string): void {
+    for (const [id, p] of this.#pending) {
+      if (p.node !== node) continue;
+      this.#pending.delete(id);
+      clearTimeout(p.timer);
+      p.reject(
+        new ProtocolError('UNAVAILABLE', `Node ${node} left the cluster before answering; the call may or may not have been applied, so read the state before retrying.`, {
+          retryAfterMs: 500,
+          outcome: 'unknown',
+        }),
+      );
+    }
   }
 
   /** Fails pending requests and closes both connections; safe to call twice. */

@@ -173,6 +173,7 @@ export class ClusterNode implements RemoteActors {
     await this.#forgetConnections(this.nodeId);
     this.membership.onGone = (nodes) => {
       for (const node of nodes) {
+        this.bus.failPending(node);
         // One node (rendezvous) closes the books of a node that vanished without saying goodbye.
         if (preferred(`gone\n${node}`, this.membership.alive) === this.nodeId) {
           void this.#forgetConnections(node).catch((e: unknown) => this.#log?.warn({ err: e, node }, 'could not release the connections of a gone node'));

@@ -656,7 +656,9 @@ export class DocumentService {
         throw new ProtocolError('INTERNAL', `The server failed while applying the change to document ${ref.documentId}; nothing was changed.`);
       }
       // Only this service writes documents: another version means another node wrote it.
-      if (isProtocolError(e, 'VERSION_MISMATCH')) throw new ProtocolError('UNAVAILABLE', `Document ${ref.documentId} was changed elsewhere; retry.`, { retryAfterMs: 50 });
+      if (isProtocolError(e, 'VERSION_MISMATCH')) {
+        throw new ProtocolError('UNAVAILABLE', `Document ${ref.documentId} was changed elsewhere; nothing was written, retry.`, { retryAfterMs: 50, outcome: 'not_applied' });
+      }
       throw e;
     }
     slot.writing = null;

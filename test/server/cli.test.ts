@@ -264,7 +264,7 @@ test('loadConfig reads the environment, and flags win over it', () => {
 test('loadConfig reads the cluster settings only when cluster mode is on', () => {
   const redis = 'redis://10.0.0.5:6379';
   assert.is(loadConfig([], { TROUPE_REDIS_URL: redis }).cluster, undefined, 'Redis alone does not make a cluster');
-  assert.equal(loadConfig([], { TROUPE_CLUSTER: 'true', TROUPE_REDIS_URL: redis }).cluster, { redisUrl: redis, leaseMs: 10_000, heartbeatMs: 1_000 });
+  assert.equal(loadConfig([], { TROUPE_CLUSTER: 'true', TROUPE_REDIS_URL: redis }).cluster, { redisUrl: redis, leaseMs: 10_000, heartbeatMs: 1_000, requestTimeoutMs: 5_000 });
   assert.equal(
     loadConfig([], {
       TROUPE_CLUSTER: 'TRUE',
@@ -273,6 +273,7 @@ test('loadConfig reads the cluster settings only when cluster mode is on', () =>
       TROUPE_REDLOCK_URLS: 'redis://a:1, redis://b:2,redis://c:3',
       TROUPE_CLUSTER_LEASE_MS: '3000',
       TROUPE_CLUSTER_HEARTBEAT_MS: '250',
+      TROUPE_CLUSTER_REQUEST_TIMEOUT_MS: '1500',
       TROUPE_ADVERTISE_URL: 'ws://node-2:7420/v1',
     }).cluster,
     {
@@ -281,6 +282,7 @@ test('loadConfig reads the cluster settings only when cluster mode is on', () =>
       lockUrls: ['redis://a:1', 'redis://b:2', 'redis://c:3'],
       leaseMs: 3000,
       heartbeatMs: 250,
+      requestTimeoutMs: 1500,
       advertiseUrl: 'ws://node-2:7420/v1',
     },
   );

@@ -1,3 +1,4 @@
+import Database from 'better-sqlite3';
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import type { TroupeClient } from '../../protocol/client.js';
@@ -7,6 +8,7 @@ import { startCluster, type InProcessCluster } from '../helpers/cluster.js';
 import { refusal } from '../helpers/errors.js';
 import { doWork, executionSettled, stepTask } from '../helpers/executions.js';
 import { startServer, type TestServer } from '../helpers/server.js';
+import { waitFor } from '../helpers/waitFor.js';
 
 interface Ctx {
   c: InProcessCluster;
@@ -208,6 +210,137 @@ test('a workflow execution started on node 1 runs its steps as tasks of agents o
     const eye = await c.client(i, tenant, 'eye', ['observer']);
     assert.equal(await eye.call('execution.get', { executionId: x.id }), done, `node ${i + 1} reads the same execution`);
   }
+});
+
+test('a forwarded write the owner applies after the forwarding node stopped waiting is reported with an unknown outcome, not as a move to retry', async (ctx) => {
+  const { c } = ctx;
+  const tenant = `r${++ctx.n}`;
+  const lead = await c.client(0, tenant, 'lead', ['admin']);
+  const t = await lead.call('task.create', { type: 'x', title: 'original' });
+  const lead2 = await c.client(1, tenant, 'lead', ['admin']);
+  // A first call through node 2 loads what its guards need (quota and rate limit actors), so the
+  // next one only waits for node 1.
+  assert.is((await lead2.call('task.update', { taskId: t.id, title: 'first' })).version, 2);
+  // Another writer holds the store's write lock longer than node 2 waits for node 1's answer
+  // (requestTimeoutMs 2 s), and less than node 1's writer waits for the lock (5 s).
+  const blocker = new Database(c.dbPath);
+  blocker.prepare('BEGIN IMMEDIATE').run();
+  let refused: ProtocolError;
+  try {
+    refused = await refusal(lead2.call('task.update', { taskId: t.id, title: 'slow write' }), ErrorCodes.UNAVAILABLE);
+  } finally {
+    blocker.prepare('ROLLBACK').run();
+    blocker.close();
+  }
+  // Node 1 commits as soon as the lock is free: the write the client was told to retry happened.
+  const applied = await waitFor(async () => {
+    const got = await lead.call('task.get', { taskId: t.id });
+    return got.version === 3 ? got : null;
+  });
+  assert.is(applied.title, 'slow write');
+  assert.is(refused.data.outcome, 'unknown', `the refusal must not present an applied write as not done: ${JSON.stringify(refused.data)} ${refused.message}`);
+  assert.not.ok(refused.data.ownerMoving, 'nothing was moving');
+});
+
+interface ClusterBody {
+  mode: string;
+  self: string;
+  leaseMs: number;
+  nodes: { id: string; address: string; startedAt: number; heartbeatAt: number; actors: Record<string, number>; self: boolean }[];
+  counters: Record<string, number>;
+}
+
+async function getCluster(httpUrl: string, token?: string): Promise<{ status: number; body: ClusterBody & { error?: string } }> {
+  const res = await fetch(`${httpUrl}/cluster`, token === undefined ? {} : { headers: { authorization: `Bearer ${token}` } });
+  return { status: res.status, body: (await res.json()) as ClusterBody & { error?: string } };
+}
+
+test('GET /cluster shows an admin every node, marks the one that answered, and counts the actors each holds', async (ctx) => {
+  const { c } = ctx;
+  const tenant = `r${++ctx.n}`;
+  const admin = await c.key(tenant, 'root', ['admin']);
+  // Node 1 takes two tasks, node 3 one (live tasks stay in memory; settled ones leave).
+  const lead1 = await c.client(0, tenant, 'lead', ['admin']);
+  const lead3 = await c.client(2, tenant, 'lead', ['admin']);
+  const mine = [
+    await lead1.call('task.create', { type: 'x', title: 'one' }),
+    await lead1.call('task.create', { type: 'x', title: 'two' }),
+    await lead3.call('task.create', { type: 'x', title: 'three' }),
+  ];
+  assert.equal(mine.map((t) => c.holders(taskStream(tenant, t.id))), [[0], [0], [2]]);
+  // Each node reports what it holds at its next heartbeat; every node shows every node's report.
+  let seen: ClusterBody | null = null;
+  const held = () => c.nodes.map((n) => Object.fromEntries(n.server.host.activeByKind()));
+  await waitFor(
+    async () => {
+      seen = (await getCluster(c.nodes[1]!.httpUrl, admin)).body;
+      const reported = c.nodes.map((_, i) => seen!.nodes.find((x) => x.id === `n${i + 1}`)?.actors);
+      return JSON.stringify(reported) === JSON.stringify(held());
+    },
+    { timeoutMs: 5000, intervalMs: 50 },
+  ).catch((e: Error) => {
+    throw new Error(`GET /cluster never showed the actors the nodes hold, ${JSON.stringify(held())}; last seen ${JSON.stringify(seen?.nodes.map((x) => [x.id, x.actors]))} (${e.message})`);
+  });
+  const reported = (id: string) => seen!.nodes.find((x) => x.id === id)!.actors;
+  assert.ok(reported('n1').task! >= 2 && reported('n3').task! >= 1, 'the tasks created here are counted where they live');
+
+  for (const [i, node] of c.nodes.entries()) {
+    const { status, body } = await getCluster(node.httpUrl, admin);
+    assert.is(status, 200);
+    assert.equal([body.mode, body.self, body.leaseMs], ['cluster', `n${i + 1}`, 2000]);
+    assert.equal(
+      body.nodes.map((x) => [x.id, x.address, x.self]),
+      c.nodes.map((n, j) => [`n${j + 1}`, n.url, j === i]),
+      `node ${i + 1} lists every node and marks itself`,
+    );
+    for (const x of body.nodes) {
+      assert.ok(x.heartbeatAt >= x.startedAt && Date.now() - x.heartbeatAt < 5000, `${x.id} heartbeats`);
+      for (const kind of ['task', 'agent', 'workspace', 'document', 'execution']) assert.type(x.actors[kind], 'number', `${x.id} reports its ${kind} actors`);
+    }
+    assert.equal(Object.keys(body.counters).sort(), ['forwarded', 'leasesLost', 'remoteCommits', 'served', 'staleWritesRejected']);
+  }
+  // Nodes 1 and 3 committed here: every node has heard of commits made elsewhere.
+  const views = await Promise.all(c.nodes.map(async (n) => (await getCluster(n.httpUrl, admin)).body.counters));
+  assert.ok(views.every((v) => v.remoteCommits > 0), 'every node receives the commits of the others');
+});
+
+test('GET /cluster refuses non-admins (403) and requests without a valid token (401); a single node answers mode single', async (ctx) => {
+  const { c } = ctx;
+  const tenant = `r${++ctx.n}`;
+  const agent = await c.key(tenant, 'w1', ['agent']);
+  const refusedAgent = await getCluster(c.nodes[0]!.httpUrl, agent);
+  assert.is(refusedAgent.status, 403);
+  assert.match(refusedAgent.body.error!, /admin/);
+  assert.is((await getCluster(c.nodes[0]!.httpUrl)).status, 401);
+  assert.is((await getCluster(c.nodes[0]!.httpUrl, 'not-a-key')).status, 401);
+
+  const single = await getCluster(ctx.single.httpUrl, await ctx.single.key(tenant, 'root', ['admin']));
+  assert.is(single.status, 200);
+  assert.equal([single.body.mode, single.body.nodes.map((x) => [x.id, x.self])], ['single', [['local', true]]]);
+  assert.type(single.body.nodes[0]!.actors.task, 'number');
+  assert.is((await getCluster(ctx.single.httpUrl, await ctx.single.key(tenant, 'w1', ['agent']))).status, 403);
+});
+
+test('with the shared Redis not answering, a call through a node that does not hold the actor is refused with a retry hint, not left hanging', async (ctx) => {
+  const { c } = ctx;
+  const tenant = `r${++ctx.n}`;
+  const lead = await c.client(0, tenant, 'lead', ['admin']);
+  const t = await lead.call('task.create', { type: 'x', title: 'original' });
+  // Answers come within requestTimeoutMs (2 s) of a node that waits for another; this client waits twice that.
+  const lead2 = await c.client(1, tenant, 'lead', ['admin'], { callTimeoutMs: 4000 });
+  assert.is((await lead2.call('task.update', { taskId: t.id, title: 'first' })).version, 2);
+  // Paused, not stopped: connections stay open and nothing is answered (a hung or partitioned Redis).
+  c.redis[0]!.pause();
+  let outcome: unknown;
+  try {
+    outcome = await lead2.call('task.update', { taskId: t.id, title: 'while paused' }).catch((e: Error) => e);
+  } finally {
+    c.redis[0]!.resume();
+  }
+  assert.instance(outcome, Error, 'node 2 cannot reach node 1 without the shared Redis');
+  const e = outcome as ProtocolError;
+  assert.is(e.reason, 'UNAVAILABLE', `refused by the server, not timed out by the client: ${e.message}`);
+  assert.type(e.data.retryAfterMs, 'number');
 });
 
 test.run();

@@ -1,3 +1,4 @@
+import path from 'node:path';
 import type { Role } from '../../protocol/model.js';
 import { connect, type ClientOptions, type TroupeClient } from '../../protocol/client.js';
 import { isProtocolError } from '../../protocol/errors.js';
@@ -13,6 +14,8 @@ export interface InProcessCluster {
   redis: RedisProcess[];
   /** The prefix of this cluster's Redis keys and channels (`<prefix>:lease:<stream>`...). */
   prefix: string;
+  /** The SQLite file every node's store opens. */
+  dbPath: string;
   /** Indexes of the nodes that hold the actor in memory now (at most one, if ownership works). */
   holders(stream: string): number[];
   /** A key valid on every node (they share the store). */
@@ -67,6 +70,7 @@ export async function startCluster(
     nodes,
     redis,
     prefix,
+    dbPath: path.join(tmp.dir, 'troupe.db'),
     holders: (stream) => nodes.flatMap((n, i) => (n.server.host.isActive(stream) ? [i] : [])),
     key,
     async client(i, tenant, principal, roles, copts = {}) {

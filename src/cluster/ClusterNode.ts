@@ -228,9 +228,17 @@ export class ClusterNode implements RemoteActors {
     }
   }
 
-  read(node: string, address: ActorAddress): Promise<WireRead> {
+  async read(node: string, address: ActorAddress): Promise<WireRead> {
     this.#counters.forwarded++;
-    return this.bus.request<WireRead>(node, 'actor.read', { address });
+    try {
+      return await this.bus.request<WireRead>(node, 'actor.read', { address });
+    } catch (e) {
+      // A read changes nothing: whatever happened on the way, retrying it is safe.
+      if (isProtocolError(e, 'UNAVAILABLE') && e.data.outcome === 'unknown') {
+        throw new ProtocolError('UNAVAILABLE', `Node ${node}, which holds the ${address.kind}, did not answer in time; retry.`, { retryAfterMs: 500, ownerMoving: true });
+      }
+      throw e;
+    }
   }
 
   async fireTimer(node: string, timer: TimerRecord): Promise<void> {

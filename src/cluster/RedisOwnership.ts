@@ -75,6 +75,11 @@ export class RedisOwnership implements Ownership {
     return `${this.#prefix}:owner:${stream}`;
   }
 
+  /** The live node other than this one that owns the actor now, or null (nobody, or this node). */
+  owner(stream: string): Promise<string | null> {
+    return this.#otherOwner(stream);
+  }
+
   /** The node noted as the actor's owner, if it is alive and not this node. */
   async #otherOwner(stream: string): Promise<string | null> {
     const owner = await this.#o.redis.get(this.#ownerKey(stream));

@@ -58,6 +58,22 @@ export interface DocumentServiceOptions {
    * node may have written it, and the news of it may not have arrived yet). Default false.
    */
   checkStoreVersion?: boolean;
+  /** Set in a cluster: writes go to the node that owns the document, which applies them. */
+  owners?: DocumentOwners;
+}
+
+/** The writes of {@link DocumentService} that run on a document's owner in a cluster. */
+export type DocumentWrite = 'create' | 'edit' | 'merge' | 'restore';
+
+/**
+ * Where a cluster's documents are written: each write runs on the node that owns the document's
+ * actor, so concurrent writers from several nodes queue there instead of racing each other.
+ */
+export interface DocumentOwners {
+  /** The live node other than this one that owns the actor, or null (this node may write). */
+  ownerOf(stream: string): Promise<string | null>;
+  /** Runs a write on that node's document service and returns its result. */
+  call(node: string, write: DocumentWrite, args: unknown[]): Promise<unknown>;
 }
 
 /** Which document. */
@@ -156,6 +172,7 @@ export class DocumentService {
   #log: Logger | undefined;
   #verify: boolean;
   #checkStoreVersion: boolean;
+  #owners: DocumentOwners | undefined;
   #slots = new Map<string, Slot>();
   #loaded = 0;
   #loads = 0;
@@ -168,6 +185,7 @@ export class DocumentService {
     this.#log = opts.log;
     this.#verify = opts.verifyMirror ?? false;
     this.#checkStoreVersion = opts.checkStoreVersion ?? false;
+    this.#owners = opts.owners;
     this.limits = { ...DEFAULT_DOCUMENT_LIMITS, ...opts.limits };
     // In a cluster another node may write a document this node holds in memory: its copy is
     // then out of date and is rebuilt from the store on its next use.
@@ -247,7 +265,11 @@ export class DocumentService {
   // ---- writes ---------------------------------------------------------------------------------
 
   /** Creates a shared document with optional content; ALREADY_EXISTS if it exists. */
-  async create(ref: DocumentRef, ctx: WriteContext, opts: { title: string; content?: Record<string, unknown> }): Promise<DocumentRead> {
+  create(ref: DocumentRef, ctx: WriteContext, opts: { title: string; content?: Record<string, unknown> }): Promise<DocumentRead> {
+    return this.#routed(ref, 'create', [ref, ctx, opts], () => this.#create(ref, ctx, opts));
+  }
+
+  async #create(ref: DocumentRef, ctx: WriteContext, opts: { title: string; content?: Record<string, unknown> }): Promise<DocumentRead> {
     if (opts.content !== undefined) checkJson(opts.content, 'content');
     this.#admit(this.#slot(ref));
     return this.#run(ref, async (slot) => {
@@ -276,11 +298,20 @@ export class DocumentService {
    * applied there and merged with what happened since. `create`: create the document with this
    * title when it does not exist yet (the workspace state); otherwise NOT_FOUND.
    */
-  async edit(
+  edit(
     ref: DocumentRef,
     ctx: WriteContext,
     edit: DocumentEdit,
     opts: { expectedHeads?: string[]; create?: { title: string; kind: 'state' | 'document' } } = {},
+  ): Promise<DocumentChangeResult> {
+    return this.#routed(ref, 'edit', [ref, ctx, edit, opts], () => this.#edit(ref, ctx, edit, opts));
+  }
+
+  async #edit(
+    ref: DocumentRef,
+    ctx: WriteContext,
+    edit: DocumentEdit,
+    opts: { expectedHeads?: string[]; create?: { title: string; kind: 'state' | 'document' } },
   ): Promise<DocumentChangeResult> {
     this.#checkCount(editSize(edit), 'The edit');
     checkEdit(edit);
@@ -305,11 +336,20 @@ export class DocumentService {
    * Changes the document has are counted as duplicates; a change whose dependencies are neither
    * in the document nor among the changes sent is refused, with nothing merged.
    */
-  async merge(
+  merge(
     ref: DocumentRef,
     ctx: WriteContext,
     encoded: string[],
     opts: { create?: { title: string; kind: 'state' | 'document' } } = {},
+  ): Promise<DocumentChangeResult & { applied: number; duplicates: number }> {
+    return this.#routed(ref, 'merge', [ref, ctx, encoded, opts], () => this.#merge(ref, ctx, encoded, opts));
+  }
+
+  async #merge(
+    ref: DocumentRef,
+    ctx: WriteContext,
+    encoded: string[],
+    opts: { create?: { title: string; kind: 'state' | 'document' } },
   ): Promise<DocumentChangeResult & { applied: number; duplicates: number }> {
     this.#checkCount(encoded.length, 'The merge');
     const decoded = encoded.map((s, i) => {
@@ -365,7 +405,11 @@ export class DocumentService {
   }
 
   /** Makes the content what it was at `heads`, as a new change; history is kept. */
-  async restore(ref: DocumentRef, ctx: WriteContext, heads: string[]): Promise<DocumentChangeResult & { restoredFrom: string[] }> {
+  restore(ref: DocumentRef, ctx: WriteContext, heads: string[]): Promise<DocumentChangeResult & { restoredFrom: string[] }> {
+    return this.#routed(ref, 'restore', [ref, ctx, heads], () => this.#restore(ref, ctx, heads));
+  }
+
+  async #restore(ref: DocumentRef, ctx: WriteContext, heads: string[]): Promise<DocumentChangeResult & { restoredFrom: string[] }> {
     this.#admit(this.#slot(ref));
     return this.#run(ref, async (slot) => {
       const live = await this.#live(slot);
@@ -379,6 +423,35 @@ export class DocumentService {
   }
 
   // ---- internals ------------------------------------------------------------------------------
+
+  /**
+   * Runs a write that another node sent here because this node owns the document: applied here,
+   * never sent on (should the document have moved meanwhile, its actor still refuses a stale write).
+   */
+  applyForwarded(write: DocumentWrite, args: unknown[]): Promise<unknown> {
+    switch (write) {
+      case 'create':
+        return this.#create(...(args as Parameters<DocumentService['create']>));
+      case 'edit': {
+        const [ref, ctx, edit, opts] = args as Parameters<DocumentService['edit']>;
+        return this.#edit(ref, ctx, edit, opts ?? {});
+      }
+      case 'merge': {
+        const [ref, ctx, encoded, opts] = args as Parameters<DocumentService['merge']>;
+        return this.#merge(ref, ctx, encoded, opts ?? {});
+      }
+      case 'restore':
+        return this.#restore(...(args as Parameters<DocumentService['restore']>));
+    }
+  }
+
+  /** Runs a write here, or on the other node that owns the document. */
+  async #routed<T>(ref: DocumentRef, write: DocumentWrite, args: unknown[], here: () => Promise<T>): Promise<T> {
+    // Not knowing the owner (Redis away) is no reason to refuse: the actor host still routes the
+    // commit, and a stale copy is refused by version.
+    const node = this.#owners ? await this.#owners.ownerOf(streamOf(this.#address(ref))).catch(() => null) : null;
+    return node ? ((await this.#owners!.call(node, write, args)) as T) : here();
+  }
 
   #address(ref: DocumentRef): ActorAddress {
     return { tenant: ref.tenant, kind: 'document', id: documentActorId(ref.workspaceId, ref.documentId) };

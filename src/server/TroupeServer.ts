@@ -47,7 +47,7 @@ import { workspaceHandlers } from '../handlers/workspaces.js';
 import { WorkspaceService } from '../workspaces/WorkspaceService.js';
 import type { PresenceRelayMessage } from '../workspaces/WorkspacePresence.js';
 import { documentHandlers } from '../handlers/documents.js';
-import { DocumentService, type DocumentLimits } from '../documents/DocumentService.js';
+import { DocumentService, type DocumentLimits, type DocumentWrite } from '../documents/DocumentService.js';
 import { SyncServer } from '../sync/SyncServer.js';
 import { actorKinds } from '../kinds/index.js';
 import { createLogger, type Logger } from '../logger.js';
@@ -293,7 +293,22 @@ export class TroupeServer {
         log: this.#log,
         ...(cluster ? { presenceRelay: { publish: (m) => cluster.bus.broadcast('presence', m), alive: () => cluster.membership.alive } } : {}),
       }),
-      documents: new DocumentService({ host: this.host, store, now, log: this.#log, limits: opts.documents, checkStoreVersion: cluster !== null }),
+      documents: new DocumentService({
+        host: this.host,
+        store,
+        now,
+        log: this.#log,
+        limits: opts.documents,
+        checkStoreVersion: cluster !== null,
+        ...(cluster
+          ? {
+              owners: {
+                ownerOf: (stream) => cluster.ownership.owner(stream),
+                call: (node, write, args) => cluster.bus.request(node, 'document.write', { write, args }),
+              },
+            }
+          : {}),
+      }),
     };
     const dispatcher = new Dispatcher(this.app);
     this.#handlers = {
@@ -336,6 +351,11 @@ export class TroupeServer {
         this.#log.warn('cluster bus reconnected: subscribers re-read their topics from the store');
         this.app.hub.refresh();
       };
+      const documents = this.app.documents!;
+      this.cluster.bus.handle('document.write', (p) => {
+        const { write, args } = p as { write: DocumentWrite; args: unknown[] };
+        return documents.applyForwarded(write, args);
+      });
       const presence = this.app.workspaces!.presence;
       await this.cluster.bus.listen('presence', (m, from) => presence.receive(from, m as PresenceRelayMessage));
       this.cluster.bus.broadcast('presence', { t: 'hello' } satisfies PresenceRelayMessage);

@@ -152,6 +152,9 @@ export class RedisOwnership implements Ownership {
           } catch (e) {
             if (this.#held.get(stream) !== held) return;
             this.#held.delete(stream);
+            // Free what is left of it on the instances that still have it (only our own value is
+            // deleted), so the actor can be taken again at once rather than when the keys expire.
+            void held.lock.release().catch(() => {});
             this.lostCount++;
             this.#o.log?.warn({ stream, err: e }, 'actor lease lost: the actor leaves this node');
             this.#lost(stream);

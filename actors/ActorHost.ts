@@ -116,6 +116,9 @@ export function outboxId(eventId: string, n: number): string {
 /** Retry hint of a message refused because its actor's mailbox is full. */
 const MAILBOX_RETRY_AFTER_MS = 100;
 
+/** How often a forwarded call with a check is judged again when the actor changed meanwhile. */
+const FORWARD_CHECK_ATTEMPTS = 8;
+
 /** Marks turn options of a message another node forwarded here. */
 const FORWARDED = Symbol('forwarded');
 
@@ -314,8 +317,17 @@ export class ActorHost {
         if (r === 'duplicate') return DUPLICATE;
         return { snapshot: this.restore(address.kind, r.snapshot), version: r.version, event: r.event };
       } catch (e) {
-        if (pinned && attempt < 5 && isProtocolError(e, 'VERSION_MISMATCH')) continue;
-        throw e;
+        if (!pinned || !isProtocolError(e, 'VERSION_MISMATCH')) throw e;
+        // The version was ours, not the caller's: others wrote in between. Back off (with
+        // jitter, so writers through several nodes do not stay in step) and judge again.
+        if (attempt >= FORWARD_CHECK_ATTEMPTS - 1) {
+          throw new ProtocolError(
+            'UNAVAILABLE',
+            `The ${address.kind} ${address.id} changed ${FORWARD_CHECK_ATTEMPTS} times while this call was checked on another node; nothing was written, retry.`,
+            { retryAfterMs: 100, outcome: 'not_applied' },
+          );
+        }
+        await new Promise((resolve) => setTimeout(resolve, Math.random() * Math.min(100, 5 * 2 ** attempt)));
       }
     }
   }

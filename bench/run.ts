@@ -51,7 +51,8 @@ import { CALLS_PER_EXECUTION, FIRST_OFFER, WF_AGENTS, workflowRows } from './wor
  *   redis-servers: the lifecycle at 100 agents on a plain node, a cluster of 1 and a cluster of 3
  *   (agents spread; then 3 of 4 calls via another node), a forwarded vs a local `task.progress`,
  *   and the time from SIGKILL of an actor's owner to the next successful write (lease 2 s).
- *   BENCH_CLUSTER_SYNC (default NORMAL), BENCH_CLUSTER_AGENTS, BENCH_CLUSTER_FAILOVERS.
+ *   BENCH_CLUSTER_SYNC (default NORMAL), BENCH_CLUSTER_AGENTS, BENCH_CLUSTER_FAILOVERS; windows
+ *   BENCH_CLUSTER_WARMUP_MS, BENCH_CLUSTER_MEASURE_MS.
  * - Every row: warm-up, then a fixed window; closed loop; exact percentiles from all samples.
  *
  * Flags: `--quick` (short windows), `--only assignment` (rules, baseline and the assignment
@@ -97,6 +98,11 @@ const wfWindows = {
 const docWindows = {
   warmupMs: Number(process.env.BENCH_DOC_WARMUP_MS ?? (flags.quick ? 500 : 1000)),
   measureMs: Number(process.env.BENCH_DOC_MEASURE_MS ?? (flags.quick ? 1500 : 3000)),
+};
+/** The cluster rows: every start of nodes costs seconds, so the windows are shorter than the task rows'. */
+const clusterWindows = {
+  warmupMs: Number(process.env.BENCH_CLUSTER_WARMUP_MS ?? (flags.quick ? 300 : 1000)),
+  measureMs: Number(process.env.BENCH_CLUSTER_MEASURE_MS ?? (flags.quick ? 1000 : 3000)),
 };
 const nodeArgsFromEnv = () => (process.env.BENCH_NODE_ARGS ?? '').split(' ').filter(Boolean);
 const AGENTS = 100;
@@ -672,9 +678,9 @@ async function main(): Promise<void> {
   let cl: Awaited<ReturnType<typeof clusterRows>> | undefined;
   if (!assignmentOnly && !workflowsOnly) {
     process.stdout.write(
-      `\nTroupe: cluster, src/main.ts nodes over one SQLite file and 3 redis-servers; ${CLUSTER_AGENTS} agents, plain node vs cluster of 1 vs cluster of 3; forwarding; failover (bench/cluster.ts)\n`,
+      `\nTroupe: cluster, src/main.ts nodes over one SQLite file and 3 redis-servers; ${CLUSTER_AGENTS} agents, plain node vs cluster of 1 vs cluster of 3; forwarding; failover (warm-up ${clusterWindows.warmupMs} ms + window ${clusterWindows.measureMs} ms per row; bench/cluster.ts)\n`,
     );
-    cl = await clusterRows({ windows, quick: !!flags.quick });
+    cl = await clusterRows({ windows: clusterWindows, quick: !!flags.quick });
   }
   printTable(raw, t?.rows ?? []);
   if (rules.length > 0) printRules(rules);
@@ -709,6 +715,8 @@ async function main(): Promise<void> {
           workflowMeasureMs: wfWindows.measureMs,
           documentWarmupMs: docWindows.warmupMs,
           documentMeasureMs: docWindows.measureMs,
+          clusterWarmupMs: clusterWindows.warmupMs,
+          clusterMeasureMs: clusterWindows.measureMs,
         },
         baseline: raw,
         troupe: t?.rows ?? [],

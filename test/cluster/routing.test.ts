@@ -344,3 +344,50 @@ test('with the shared Redis not answering, a call through a node that does not h
 });
 
 test.run();
+
+const contention = suite<{ c: InProcessCluster }>('cluster routing: writers through a non-owner under contention');
+
+contention.before(async (ctx) => {
+  ctx.c = await startCluster(2);
+});
+
+contention.after(async (ctx) => {
+  await ctx.c.close();
+});
+
+contention('a checked call forwarded while the owner takes other writes is judged again, never refused as a version the caller did not send', async ({ c }) => {
+  const lead = await c.client(0, 'busy', 'lead', ['admin']);
+  const local = await Promise.all([0, 1, 2, 3].map(() => c.client(0, 'busy', 'w', ['agent'])));
+  const remote = await c.client(1, 'busy', 'w', ['agent']);
+  await local[0]!.call('agent.register', { capabilities: ['x'] });
+  const t = await lead.call('task.create', { type: 'x', title: 'hot', assignTo: 'w' });
+  await local[0]!.call('task.accept', { taskId: t.id });
+  await local[0]!.call('task.start', { taskId: t.id });
+  const until = Date.now() + 1500;
+  let localDone = 0;
+  const remoteOutcomes: string[] = [];
+  const hammer = async (client: TroupeClient, record: (outcome: string) => void) => {
+    for (let i = 0; Date.now() < until; i++) {
+      try {
+        await client.call('task.progress', { taskId: t.id, percent: i % 100, message: `step ${i}` });
+        record('ok');
+      } catch (e) {
+        const pe = e as ProtocolError;
+        record(`${pe.reason}:${String((pe.data as { outcome?: string }).outcome)}`);
+      }
+    }
+  };
+  await Promise.all([
+    ...local.map((l) => hammer(l, (o) => void (o === 'ok' && localDone++))),
+    hammer(remote, (o) => void remoteOutcomes.push(o)),
+  ]);
+  const ok = remoteOutcomes.filter((o) => o === 'ok').length;
+  assert.ok(localDone > 0, 'the owner took writes all along');
+  assert.ok(ok > 0, `the writer through the other node got through (${remoteOutcomes.length} calls)`);
+  for (const o of remoteOutcomes) assert.ok(o === 'ok' || o === 'UNAVAILABLE:not_applied', `a refusal says nothing was written: ${o}`);
+  const stored = await lead.call('events.read', { kind: 'task', actorId: t.id, limit: 1000 });
+  const progress = (stored as { items: { type: string }[] }).items.filter((e) => e.type === 'task.progress').length;
+  assert.is(progress, localDone + ok, 'every acknowledged progress is stored, and nothing else');
+});
+
+contention.run();

@@ -86,6 +86,14 @@ export class Dispatcher {
     const vars: WorkflowVars = { input: x.input, steps: stepsVar(x.steps) };
     const def = (id: string) => ctx.definition.steps.find((s) => s.id === id)!;
     const work: Promise<void>[] = [];
+    // A task that could not be created for a passing reason (its agent's actor is moving between
+    // nodes, the store is busy) fails nothing: the dispatch is tried again, and the tasks created
+    // meanwhile are found again by their ids.
+    let passing: unknown = null;
+    const failedWith = (e: unknown, fail: () => void) => {
+      if (isProtocolError(e, 'UNAVAILABLE') || isProtocolError(e, 'BUSY') || isProtocolError(e, 'RATE_LIMITED')) passing ??= e;
+      else fail();
+    };
 
     if (ctx.phase === 'running') {
       for (const s of x.steps.filter((r) => r.status === 'queued')) {
@@ -111,7 +119,7 @@ export class Dispatcher {
         work.push(
           this.#startTask(ctx, step as Step & StepAction, s.id, attempt, 'step', vars).then(
             (r) => void d.started.push(r),
-            (e: unknown) => void d.failed.push({ stepId: s.id, error: (e as Error).message }),
+            (e: unknown) => failedWith(e, () => d.failed.push({ stepId: s.id, error: (e as Error).message })),
           ),
         );
       }
@@ -123,12 +131,13 @@ export class Dispatcher {
         work.push(
           this.#startTask(ctx, comp, s.id, s.compensation!.attempt + 1, 'compensation', cvars).then(
             (r) => void d.compensations.push(r),
-            (e: unknown) => void d.compensationsFailed.push({ stepId: s.id, error: (e as Error).message }),
+            (e: unknown) => failedWith(e, () => d.compensationsFailed.push({ stepId: s.id, error: (e as Error).message })),
           ),
         );
       }
     }
     await Promise.all(work);
+    if (passing) throw passing;
     return d;
   }
 

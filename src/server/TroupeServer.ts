@@ -362,8 +362,8 @@ export class TroupeServer {
     }
     // Other nodes hold connections of their own: only a single node may assume none are left.
     else await this.#resetAgentConnections();
-    await this.#timers.start();
-    await this.#outbox.start();
+    // A cluster node fires timers only once it knows the other nodes (it fires its share).
+    if (!this.cluster) await this.#startDeliveries();
     await new Promise<void>((resolve, reject) => {
       this.#http.once('error', reject);
       this.#http.listen(this.#opts.port ?? 0, this.#opts.host ?? '127.0.0.1', () => resolve());
@@ -374,8 +374,17 @@ export class TroupeServer {
     const host = this.#opts.host ?? '127.0.0.1';
     const shown = host === '0.0.0.0' || host === '::' ? '127.0.0.1' : host;
     const url = `ws://${shown}:${port}/v1`;
-    if (this.cluster) await this.cluster.join(this.#opts.cluster?.advertiseUrl ?? url);
+    if (this.cluster) {
+      await this.cluster.join(this.#opts.cluster?.advertiseUrl ?? url);
+      await this.#startDeliveries();
+    }
     return { port, url, httpUrl: `http://${shown}:${port}` };
+  }
+
+  /** Starts firing durable timers and delivering what the outbox holds. */
+  async #startDeliveries(): Promise<void> {
+    await this.#timers.start();
+    await this.#outbox.start();
   }
 
   /** Open WebSocket connections. */

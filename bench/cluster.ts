@@ -86,8 +86,8 @@ export interface FailoverTrial {
   lastOwnerWriteMsBeforeKill: number | null;
   /**
    * Writes before the kill: the owner's own, the busy writer's forwarded ones, and the forwarded
-   * ones refused with VERSION_MISMATCH (the forwarding node lost the race with the owner's writes
-   * on every retry, though the client sent no expectedVersion).
+   * ones refused as not applied (the forwarding node lost the race with the owner's writes on
+   * every one of its checks).
    */
   beforeKill: { ownerWrites: number; forwardedWrites: number; forwardedVersionConflicts: number };
 }
@@ -294,6 +294,8 @@ function machineCpu(): { busy: number; total: number } | undefined {
 
 const errorOf = (r: RpcReply) => (r.error ? `${r.error.message}` : '');
 const reasonOf = (r: RpcReply) => String((r.error?.data as { reason?: unknown } | undefined)?.reason ?? r.error?.code ?? '');
+/** A refusal that says nothing was written (safe to send again). */
+const notApplied = (r: RpcReply) => reasonOf(r) === 'UNAVAILABLE' && (r.error?.data as { outcome?: unknown } | undefined)?.outcome === 'not_applied';
 const retryAfter = (r: RpcReply) => {
   const d = r.error?.data as { retryAfterMs?: unknown } | undefined;
   return typeof d?.retryAfterMs === 'number' ? d.retryAfterMs : undefined;
@@ -717,7 +719,7 @@ async function failoverTrial(d: Deployment): Promise<FailoverTrial> {
     })();
     // The busy writer: forwarded writes back to back, until the kill. A forwarded turn checks the
     // owner's snapshot and is sent pinned to its version, so racing the owner's own writes it can
-    // lose (VERSION_MISMATCH after the forwarding node's retries): counted, and written again.
+    // lose (UNAVAILABLE, outcome not_applied, after the forwarding node's checks): counted, and written again.
     let inFlightAtKill: FailoverTrial['inFlightAtKill'] = null;
     const busyLoop = (async (): Promise<{ reply: RpcReply; sentAt: number; at: number } | null> => {
       for (;;) {
@@ -728,7 +730,7 @@ async function failoverTrial(d: Deployment): Promise<FailoverTrial> {
           if (sentAt < killAt) inFlightAtKill = { ms: at - killAt, outcome: reply.error ? `${reasonOf(reply)}: ${reply.error.message}` : 'succeeded' };
           return { reply, sentAt, at };
         }
-        if (reply.error && reasonOf(reply) !== 'VERSION_MISMATCH') {
+        if (reply.error && !notApplied(reply)) {
           failure ??= new Error(`the busy writer failed before the kill: ${errorOf(reply)}`);
           return null;
         }
@@ -791,7 +793,7 @@ async function failoverTrial(d: Deployment): Promise<FailoverTrial> {
         `busy writer's after ${trial.busyWriterMs === null ? 'never' : `${fmt(trial.busyWriterMs)} ms`}` +
         (inflight ? ` (its call in flight at the kill: ${inflight.outcome.slice(0, 80)} after ${fmt(inflight.ms)} ms)` : '') +
         `; ${trial.unavailable} UNAVAILABLE (retryAfterMs ${trial.retryAfterMs.join('/') || '-'})` +
-        `; before the kill ${ownerWrites} owner writes, ${busyWrites} forwarded, ${versionConflicts} forwarded refused VERSION_MISMATCH` +
+        `; before the kill ${ownerWrites} owner writes, ${busyWrites} forwarded, ${versionConflicts} forwarded refused as not applied` +
         (Object.keys(otherErrors).length ? `; other errors: ${JSON.stringify(otherErrors)}` : '') +
         '\n',
     );
@@ -943,7 +945,7 @@ export function printCluster(raw: Row[], c: ClusterResult): void {
   out.push('  (times from the SIGKILL to the first successful task.progress sent after it; new writer = a client on a third node that starts writing once');
   out.push('   the killed process has exited; busy writer = a client on another node that was writing back to back, each write forwarded to the owner, so');
   out.push('   one of its calls is in flight at the kill; both wait data.retryAfterMs after each UNAVAILABLE; before = writes acknowledged before the');
-  out.push('   kill: the owner\'s own, the forwarded ones, and forwarded ones refused with VERSION_MISMATCH though the client sent no expectedVersion;');
+  out.push("   kill: the owner's own, the forwarded ones, and forwarded ones refused as not applied (they lost every check against the owner's writes);");
   out.push('   a fresh node replaces the killed one before the next trial)');
   const noisy = c.rows.filter((r) => (r.otherCpuPct ?? 0) > 15);
   if (noisy.length > 0) out.push(`  WARNING: ${noisy.length} row(s) ran while other processes used more than 15% CPU; rerun on a quiet machine.`);

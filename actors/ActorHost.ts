@@ -116,6 +116,9 @@ export function outboxId(eventId: string, n: number): string {
 /** Retry hint of a message refused because its actor's mailbox is full. */
 const MAILBOX_RETRY_AFTER_MS = 100;
 
+/** Snapshots of actors owned elsewhere kept for judging forwarded calls. */
+const REMOTE_SNAPSHOTS = 10_000;
+
 /** How often a forwarded call with a check is judged again when the actor changed meanwhile. */
 const FORWARD_CHECK_ATTEMPTS = 8;
 
@@ -190,6 +193,12 @@ export class ActorHost {
   #opts: ActorHostOptions;
   #tracer: Tracer;
   #remote: RemoteActors | undefined;
+  /**
+   * The last snapshot seen of actors other nodes own: a checked call is judged on it and sent
+   * pinned to its version, saving a read when nobody wrote since (else the owner refuses and a
+   * fresh read follows).
+   */
+  #remoteSnapshots = new Map<string, { snapshot: unknown; version: number }>();
 
   constructor(opts: ActorHostOptions) {
     this.#opts = opts;
@@ -300,23 +309,40 @@ export class ActorHost {
       ...(opts.outboxDone ? { outboxDone: opts.outboxDone } : {}),
       ...(opts.firedTimer ? { firedTimer: opts.firedTimer } : {}),
     };
-    // A check needs the snapshot it judges: read it from the owner, judge here, and send on
-    // condition that the actor is still at that version (retried while others write meanwhile).
+    // A check needs the snapshot it judges: judge here a snapshot of the owner's (the last one
+    // seen, else one read from it), and send on condition that the actor is still at that
+    // version (judged again on a fresh read while others write meanwhile).
+    const stream = streamOf(address);
     for (let attempt = 0; ; attempt++) {
       let pinned = false;
       if (opts.check) {
-        const read = await remote.read(node, address);
-        opts.check(this.restore(address.kind, read.snapshot), read.version);
-        if (opts.expectedVersion === undefined) {
-          wire.expectedVersion = read.version;
-          pinned = true;
+        const seen = attempt === 0 ? this.#remoteSnapshots.get(stream) : undefined;
+        const usable = seen && (opts.expectedVersion === undefined || opts.expectedVersion === seen.version);
+        let judged = false;
+        if (usable) {
+          try {
+            opts.check(this.restore(address.kind, seen.snapshot), seen.version);
+            wire.expectedVersion = opts.expectedVersion ?? seen.version;
+            judged = true;
+          } catch {
+            // A refusal must come from the actor as it is now, not as it was last seen.
+          }
         }
+        if (!judged) {
+          const read = await remote.read(node, address);
+          this.#seeRemote(stream, read);
+          opts.check(this.restore(address.kind, read.snapshot), read.version);
+          if (opts.expectedVersion === undefined) wire.expectedVersion = read.version;
+        }
+        pinned = opts.expectedVersion === undefined;
       }
       try {
         const r = await remote.send(node, address, event, wire);
         if (r === 'duplicate') return DUPLICATE;
+        this.#seeRemote(stream, r);
         return { snapshot: this.restore(address.kind, r.snapshot), version: r.version, event: r.event };
       } catch (e) {
+        if (isProtocolError(e, 'VERSION_MISMATCH')) this.#remoteSnapshots.delete(stream);
         if (!pinned || !isProtocolError(e, 'VERSION_MISMATCH')) throw e;
         // The version was ours, not the caller's: others wrote in between. Back off (with
         // jitter, so writers through several nodes do not stay in step) and judge again.
@@ -330,6 +356,15 @@ export class ActorHost {
         await new Promise((resolve) => setTimeout(resolve, Math.random() * Math.min(100, 5 * 2 ** attempt)));
       }
     }
+  }
+
+  /** Remembers the newest snapshot seen of an actor another node owns (bounded, oldest dropped first). */
+  #seeRemote(stream: string, seen: { snapshot: unknown; version: number }): void {
+    const had = this.#remoteSnapshots.get(stream);
+    if (had && had.version > seen.version) return;
+    this.#remoteSnapshots.delete(stream);
+    this.#remoteSnapshots.set(stream, { snapshot: seen.snapshot, version: seen.version });
+    if (this.#remoteSnapshots.size > REMOTE_SNAPSHOTS) this.#remoteSnapshots.delete(this.#remoteSnapshots.keys().next().value!);
   }
 
   /** The committed snapshot and version of an actor (activating it if needed), read in its mailbox. */
@@ -390,6 +425,8 @@ export class ActorHost {
     for (const e of events) {
       const cell = this.#cells.get(e.stream);
       if (cell && e.version > cell.version) cell.stale = true;
+      const seen = this.#remoteSnapshots.get(e.stream);
+      if (seen && e.version > seen.version) this.#remoteSnapshots.delete(e.stream);
     }
     this.#notify(events, topics, view, true);
   }

@@ -390,4 +390,27 @@ contention('a checked call forwarded while the owner takes other writes is judge
   assert.is(progress, localDone + ok, 'every acknowledged progress is stored, and nothing else');
 });
 
+contention('a checked call is judged on the snapshot the previous call brought back: one request to the owner instead of a read and a turn', async ({ c }) => {
+  const lead = await c.client(0, 'seen', 'lead', ['admin']);
+  const w = await c.client(1, 'seen', 'w', ['agent']);
+  await w.call('agent.register', { capabilities: ['x'] });
+  const t = await lead.call('task.create', { type: 'x', title: 'seen', assignTo: 'w' });
+  const requests = async () => (await c.nodes[1]!.server.cluster!.view()).counters.forwarded;
+  const before = await requests();
+  await w.call('task.accept', { taskId: t.id });
+  const afterAccept = await requests();
+  assert.is(afterAccept - before, 2, 'the first call reads the owner\'s snapshot, then sends the turn');
+  await w.call('task.start', { taskId: t.id });
+  assert.is((await requests()) - afterAccept, 1, 'the next one is judged on the snapshot the accept brought back');
+  // Another writer on the owner makes that snapshot old: the next call reads again.
+  await lead.call('task.update', { taskId: t.id, title: 'renamed' });
+  await waitFor(async () => (await w.call('task.get', { taskId: t.id })).title === 'renamed');
+  const beforeProgress = await requests();
+  const p = await w.call('task.progress', { taskId: t.id, percent: 50 });
+  assert.is(p.title, 'renamed', 'the turn applied to the task as it is now');
+  // A fresh read first (2 requests), or, had the news of the update not arrived yet, a turn the
+  // owner refuses for its old version and then a fresh read (3).
+  assert.ok((await requests()) - beforeProgress >= 2, 'an old snapshot is not what the turn is applied on');
+});
+
 contention.run();

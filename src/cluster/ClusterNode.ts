@@ -65,6 +65,7 @@ export class ClusterNode implements RemoteActors {
   #log: Logger | undefined;
   #counters = { forwarded: 0, served: 0, remoteCommits: 0, leasesLost: 0, staleWritesRejected: 0 };
   #address = '';
+  #closed = false;
 
   constructor(opts: ClusterOptions & { store: Store; log?: Logger }) {
     this.#o = opts;
@@ -157,6 +158,8 @@ export class ClusterNode implements RemoteActors {
     host.onCommit((events, topics, view, remote) => {
       if (!remote) this.bus.broadcast('commits', { events, topics, view } satisfies CommitMessage);
     });
+    // Connections a previous run of this node left counted are gone with it.
+    void this.#forgetConnections(this.nodeId).catch((e: unknown) => this.#log?.warn({ err: e }, 'could not release the connections of the previous run'));
     await this.bus.listen('commits', (p) => {
       const m = p as CommitMessage;
       this.#counters.remoteCommits += m.events.length;
@@ -169,8 +172,6 @@ export class ClusterNode implements RemoteActors {
   async join(address: string): Promise<void> {
     this.#address = address;
     this.membership.address = address;
-    // Connections a previous run of this node left counted are gone with it.
-    await this.#forgetConnections(this.nodeId);
     this.membership.onGone = (nodes) => {
       for (const node of nodes) {
         this.bus.failPending(node);
@@ -195,19 +196,41 @@ export class ClusterNode implements RemoteActors {
     void this.bus.redis.hincrby(this.#connKey(this.nodeId), `${tenant}\n${principal}`, delta).catch(() => {});
   }
 
-  /** Tells the agents connected through a gone node (or this node's previous run) that they are disconnected. */
+  /**
+   * Tells the agents connected through a gone node (or this node's previous run) that they are
+   * disconnected. The node's record is first renamed away (atomically), so connections made
+   * meanwhile (this run's) are not taken with it; an agent whose actor is still leased to the
+   * dead node is told once that lease expires.
+   */
   async #forgetConnections(node: string): Promise<void> {
     const host = this.#host;
     if (!host) return;
-    const key = this.#connKey(node);
-    const entries = await this.bus.redis.hgetall(key);
-    await this.bus.redis.del(key);
+    const taken = `${this.#connKey(node)}:gone:${randomUUID()}`;
+    try {
+      await this.bus.redis.rename(this.#connKey(node), taken);
+    } catch {
+      return; // No record: nobody was connected through it.
+    }
+    // Should this node stop before it is done, the record does not stay for ever.
+    await this.bus.redis.pexpire(taken, 3_600_000);
+    const entries = await this.bus.redis.hgetall(taken);
+    const deadline = Date.now() + this.leaseMs * 3 + 5_000;
     for (const [field, count] of Object.entries(entries)) {
       const [tenant = '', principal = ''] = field.split('\n');
       for (let i = 0; i < Number(count); i++) {
-        await host.send({ tenant, kind: 'agent', id: principal }, { type: 'agent.disconnected' }, { principal: 'system' }).catch(() => {});
+        for (;;) {
+          try {
+            await host.send({ tenant, kind: 'agent', id: principal }, { type: 'agent.disconnected' }, { principal: 'system' });
+            break;
+          } catch (e) {
+            // Not an agent, or no connection counted any more: nothing to tell.
+            if (!isProtocolError(e, 'UNAVAILABLE') || Date.now() > deadline || this.#closed) return;
+            await new Promise((resolve) => setTimeout(resolve, Math.max(50, Number(e.data.retryAfterMs ?? 200))).unref());
+          }
+        }
       }
     }
+    await this.bus.redis.del(taken);
   }
 
   /** Where this node is reached, as advertised. */
@@ -252,13 +275,15 @@ export class ClusterNode implements RemoteActors {
   }
 
   /**
-   * True if this node should fire a stored timer (or retry an outbox entry) for an actor: it
-   * holds the actor, or nobody holds it and rendezvous hashing over the live nodes picks this
-   * node. Others leave it, so a timer is not delivered once per node.
+   * True if this node should fire a stored timer for an actor: it holds the actor, or nobody
+   * holds it and rendezvous hashing over the live nodes picks this node. Others leave it, so a
+   * timer is not delivered once per node.
    */
-  takes(stream: string): boolean {
+  async takes(stream: string): Promise<boolean> {
     if (this.#host?.isActive(stream)) return true;
-    return preferred(stream, this.membership.alive) === this.nodeId;
+    if (preferred(stream, this.membership.alive) !== this.nodeId) return false;
+    // Not knowing the owner (Redis away) is no reason to leave a due timer unfired.
+    return (await this.ownership.owner(stream).catch(() => null)) === null;
   }
 
   /** Nodes and this node's counters, for `GET /cluster`. */
@@ -284,6 +309,7 @@ export class ClusterNode implements RemoteActors {
 
   /** Leaves the cluster: stops heartbeating, releases every lease, closes connections. */
   async close(): Promise<void> {
+    this.#closed = true;
     await this.membership.stop();
     await this.ownership.close();
     await this.bus.close();

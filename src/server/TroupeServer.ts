@@ -258,8 +258,8 @@ export class TroupeServer {
       // In a cluster each node also sees timers written by the others: look often, fire only our share.
       ...(cluster ? { pollMs: 1000 } : {}),
       // Timers that need a decision go to the service that makes it; the rest to their actors.
-      deliver: (t) => {
-        if (cluster && !cluster.takes(t.stream)) return Promise.reject(new NotOurs());
+      deliver: async (t) => {
+        if (cluster && !(await cluster.takes(t.stream))) throw new NotOurs();
         return t.kind === 'execution' && t.name === 'dispatch' ? dispatcher.deliver(t) : assigner.deliverTimer(t);
       },
     });

@@ -63,7 +63,7 @@ export class ClusterNode implements RemoteActors {
   #o: ClusterOptions;
   #host: ActorHost | null = null;
   #log: Logger | undefined;
-  #counters = { forwarded: 0, served: 0, remoteCommits: 0, leasesLost: 0, staleWritesRejected: 0 };
+  #counters = { forwarded: 0, served: 0, remoteCommits: 0, staleWritesRejected: 0 };
   #address = '';
   #closed = false;
 
@@ -125,10 +125,7 @@ export class ClusterNode implements RemoteActors {
    */
   async attach(host: ActorHost): Promise<void> {
     this.#host = host;
-    this.ownership.onLost((stream) => {
-      this.#counters.leasesLost++;
-      host.leaseLost(stream);
-    });
+    this.ownership.onLost((stream) => host.leaseLost(stream));
     const served = <T>(fn: () => Promise<T>): Promise<T> => {
       this.#counters.served++;
       return fn();

@@ -47,8 +47,7 @@ interface Subscription {
   key: string;
   tenant: string;
   topic: string;
-  /** Ordered mode: reading the topic back from the store now, and whether news came meanwhile. */
-  pulling: boolean;
+  /** Ordered mode: news came while this subscription was still catching up. */
   dirty: boolean;
   /** Highest position delivered. */
   last: number;
@@ -93,6 +92,9 @@ export class SubscriptionHub {
   #page: number;
   #opts: SubscriptionHubOptions;
   #redactor: EventRedactor | null;
+  /** Ordered mode: topics being read back now, and those with news since their read began. */
+  #pulling = new Set<string>();
+  #dirty = new Set<string>();
 
   constructor(opts: SubscriptionHubOptions) {
     this.#opts = opts;
@@ -124,7 +126,7 @@ export class SubscriptionHub {
     correlationId?: string,
   ): Promise<{ subscriptionId: string; position: number }> {
     const key = `${tenant}\n${topic}`;
-    const sub: Subscription = { id: randomUUID(), conn, key, tenant, topic, pulling: false, dirty: false, last: 0, backlog: [], heldBy: correlationId };
+    const sub: Subscription = { id: randomUUID(), conn, key, tenant, topic, dirty: false, last: 0, backlog: [], heldBy: correlationId };
     let set = this.#byKey.get(key);
     if (!set) this.#byKey.set(key, (set = new Set()));
     set.add(sub);
@@ -148,7 +150,7 @@ export class SubscriptionHub {
     }
     const backlog = sub.backlog ?? [];
     sub.backlog = null;
-    if (sub.dirty) void this.#pull(sub);
+    if (sub.dirty) void this.#pull(key);
     for (const { e, view } of backlog) if (e.position > sub.last) this.#send(sub, e, view?.(sub.conn.principal));
     const position = sub.last;
     sub.heldBy = undefined;
@@ -161,7 +163,7 @@ export class SubscriptionHub {
    */
   refresh(): void {
     if (!this.#opts.ordered) return;
-    for (const sub of this.#byId.values()) if (!sub.backlog) void this.#pull(sub);
+    for (const key of this.#byKey.keys()) void this.#pull(key);
   }
 
   /** Removes a subscription; false if it did not exist. */
@@ -237,39 +239,63 @@ export class SubscriptionHub {
     }
   }
 
-  /** Ordered mode: marks the subscriptions of the events' topics as having news, and reads it. */
+  /** Ordered mode: marks the events' topics as having news, and reads it. */
   #news(events: StoredEvent[], topics: string[][]): void {
+    const keys = new Set<string>();
     for (let i = 0; i < events.length; i++) {
       const e = events[i]!;
       for (const topic of topics[i] ?? []) {
-        const set = this.#byKey.get(`${e.tenant}\n${topic}`);
+        const key = `${e.tenant}\n${topic}`;
+        const set = this.#byKey.get(key);
         if (!set) continue;
-        for (const sub of set) {
-          if (e.position <= sub.last) continue;
-          if (sub.backlog) sub.dirty = true;
-          else void this.#pull(sub);
-        }
+        for (const sub of set) if (sub.backlog) sub.dirty = true;
+        keys.add(key);
       }
+    }
+    for (const key of keys) void this.#pull(key);
+  }
+
+  /**
+   * Reads a topic's news from the store once for all its subscriptions (from the lowest position
+   * any of them has), and sends each what it has not had; news that arrives meanwhile is read after.
+   */
+  async #pull(key: string): Promise<void> {
+    if (this.#pulling.has(key)) {
+      this.#dirty.add(key);
+      return;
+    }
+    this.#pulling.add(key);
+    try {
+      do {
+        this.#dirty.delete(key);
+        await this.#catchUpTopic(key);
+      } while (this.#dirty.has(key));
+    } catch {
+      // The store is unavailable: look again shortly rather than lose the news.
+      setTimeout(() => void this.#pull(key), 500).unref();
+    } finally {
+      this.#pulling.delete(key);
     }
   }
 
-  /** Reads a subscription's news from the store; news that arrives meanwhile is read after. */
-  async #pull(sub: Subscription): Promise<void> {
-    if (sub.pulling) {
-      sub.dirty = true;
-      return;
-    }
-    sub.pulling = true;
-    try {
-      do {
-        sub.dirty = false;
-        await this.#catchUp(sub);
-      } while (sub.dirty && this.#byId.has(sub.id));
-    } catch {
-      // The store is unavailable: look again shortly rather than lose the news.
-      setTimeout(() => void this.#pull(sub), 500).unref();
-    } finally {
-      sub.pulling = false;
+  async #catchUpTopic(key: string): Promise<void> {
+    // Subscriptions still catching up on their own are left to it.
+    const subs = [...(this.#byKey.get(key) ?? [])].filter((sub) => !sub.backlog);
+    if (subs.length === 0) return;
+    const { tenant, topic } = subs[0]!;
+    let from = Math.min(...subs.map((sub) => sub.last));
+    for (;;) {
+      const page = await this.#store.readTopic(tenant, topic, from, this.#page);
+      const views = this.#redactor ? await this.#redactor.prepareStored(tenant, page) : null;
+      for (const e of page) {
+        let json: string | undefined;
+        const view = views?.(e);
+        for (const sub of subs) {
+          if (e.position > sub.last) this.#send(sub, e, view?.(sub.conn.principal) ?? (json ??= JSON.stringify(toActorEvent(e))));
+        }
+      }
+      if (page.length < this.#page) return;
+      from = page[page.length - 1]!.position;
     }
   }
 

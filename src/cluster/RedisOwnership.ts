@@ -93,7 +93,8 @@ export class RedisOwnership implements Ownership {
       // Reloading an actor this node owns: confirm the lease is still ours.
       try {
         held.lock = await held.lock.extend(this.#leaseMs);
-        return { stream, epoch: held.epoch };
+        if (held.lock.expiration > Date.now()) return { stream, epoch: held.epoch };
+        this.#held.delete(stream);
       } catch {
         this.#held.delete(stream);
       }
@@ -109,7 +110,11 @@ export class RedisOwnership implements Ownership {
       throw ownerMoving(address.kind, Math.min(1000, this.#leaseMs), 'its lease is held by a node that is not answering');
     }
     try {
-      await this.#o.redis.set(this.#ownerKey(stream), this.#o.nodeId, 'PX', this.#leaseMs);
+      // A node paused while taking the lease may hold it only in its memory by now.
+      const left = lock.expiration - Date.now();
+      if (left <= 0) throw ownerMoving(address.kind, 100, 'its lease ran out while it was being taken');
+      // The note never outlives the lease it reports.
+      await this.#o.redis.set(this.#ownerKey(stream), this.#o.nodeId, 'PX', left);
       // A stream this node has just named cannot have been written by anyone: epoch 1 fences
       // nothing and every later owner claims a higher one.
       const epoch = fresh ? 1 : await this.#o.store.claimEpoch(stream, address.tenant, address.kind, address.id);
@@ -148,6 +153,8 @@ export class RedisOwnership implements Ownership {
         entries.map(async ([stream, held]) => {
           try {
             held.lock = await held.lock.extend(this.#leaseMs);
+            // An answer that arrives after the lease ran out (the node was paused meanwhile) is no renewal.
+            if (held.lock.expiration <= Date.now()) throw new Error('the lease ran out before its renewal was confirmed');
             renewed.push(stream);
           } catch (e) {
             if (this.#held.get(stream) !== held) return;
@@ -162,9 +169,14 @@ export class RedisOwnership implements Ownership {
         }),
       );
       // Only leases still ours are noted: a lease another node took keeps that node's note.
-      if (renewed.length > 0) {
+      const now = Date.now();
+      const noted = renewed.flatMap((stream) => {
+        const left = (this.#held.get(stream)?.lock.expiration ?? 0) - now;
+        return left > 0 ? [[stream, left] as const] : [];
+      });
+      if (noted.length > 0) {
         const owners = this.#o.redis.pipeline();
-        for (const stream of renewed) owners.set(this.#ownerKey(stream), this.#o.nodeId, 'PX', this.#leaseMs);
+        for (const [stream, left] of noted) owners.set(this.#ownerKey(stream), this.#o.nodeId, 'PX', left);
         await owners.exec().catch(() => {});
       }
     } finally {

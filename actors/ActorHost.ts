@@ -447,10 +447,10 @@ export class ActorHost {
     }
   }
 
-  /** True while the actor is in memory here (this node owns it, or is loading it). */
+  /** True while the actor is in memory here and in step with the store (this node owns it). */
   isActive(stream: string): boolean {
     const cell = this.#cells.get(stream);
-    return cell !== undefined && cell.actor !== null;
+    return cell !== undefined && cell.actor !== null && !cell.stale;
   }
 
   #notify(events: StoredEvent[], topics: string[][], view: ViewRecord | null | undefined, remote: boolean): void {

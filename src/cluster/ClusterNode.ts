@@ -64,7 +64,6 @@ export class ClusterNode implements RemoteActors {
   #host: ActorHost | null = null;
   #log: Logger | undefined;
   #counters = { forwarded: 0, served: 0, remoteCommits: 0, staleWritesRejected: 0 };
-  #address = '';
   #closed = false;
 
   constructor(opts: ClusterOptions & { store: Store; log?: Logger }) {
@@ -167,7 +166,6 @@ export class ClusterNode implements RemoteActors {
 
   /** Joins the cluster (after the node listens), advertising where clients reach it. */
   async join(address: string): Promise<void> {
-    this.#address = address;
     this.membership.address = address;
     this.membership.onGone = (nodes) => {
       for (const node of nodes) {
@@ -228,11 +226,6 @@ export class ClusterNode implements RemoteActors {
       }
     }
     await this.bus.redis.del(taken);
-  }
-
-  /** Where this node is reached, as advertised. */
-  get address(): string {
-    return this.#address;
   }
 
   // RemoteActors: the actor host calls these for actors another node owns.

@@ -99,7 +99,8 @@ export class RedisOwnership implements Ownership {
         this.#held.delete(stream);
       }
     }
-    const other = await this.#otherOwner(stream);
+    // An id this node has just made up has no owner to look up.
+    const other = fresh ? null : await this.#otherOwner(stream);
     if (other) throw new OwnedElsewhere(stream, other);
     let lock: Lock;
     try {

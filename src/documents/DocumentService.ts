@@ -449,7 +449,8 @@ export class DocumentService {
   async #routed<T>(ref: DocumentRef, write: DocumentWrite, args: unknown[], here: () => Promise<T>): Promise<T> {
     // Not knowing the owner (Redis away) is no reason to refuse: the actor host still routes the
     // commit, and a stale copy is refused by version.
-    const node = this.#owners ? await this.#owners.ownerOf(streamOf(this.#address(ref))).catch(() => null) : null;
+    const stream = streamOf(this.#address(ref));
+    const node = this.#owners && !this.#host.isActive(stream) ? await this.#owners.ownerOf(stream).catch(() => null) : null;
     return node ? ((await this.#owners!.call(node, write, args)) as T) : here();
   }
 
@@ -580,7 +581,11 @@ export class DocumentService {
   async #live(slot: Slot): Promise<Live> {
     if (slot.live && slot.newer > slot.live.version) this.#discard(slot);
     // Another node's acknowledged change may not have reached this node yet: the store knows.
-    if (slot.live && this.#checkStoreVersion && (await this.#store.streamInfo(streamOf(slot.address))).version > slot.live.version) this.#discard(slot);
+    // (While this node holds the actor, every write to it commits here and is heard at once.)
+    const stream = streamOf(slot.address);
+    if (slot.live && this.#checkStoreVersion && !this.#host.isActive(stream) && (await this.#store.streamInfo(stream)).version > slot.live.version) {
+      this.#discard(slot);
+    }
     if (slot.live) return slot.live;
     const started = performance.now();
     const { snapshot, version } = await this.#host.read<typeof documentMachine>(slot.address);

@@ -137,12 +137,12 @@ export class SubscriptionHub {
         sub.last = await this.#store.headPosition(tenant);
       } else {
         sub.last = fromPosition;
-        await this.#catchUp(sub);
+        await this.#catchUp([sub]);
       }
       // News that came while catching up is read now, still ahead of the subscribe reply.
       while (this.#opts.ordered && sub.dirty && this.#byId.has(sub.id)) {
         sub.dirty = false;
-        await this.#catchUp(sub);
+        await this.#catchUp([sub]);
       }
     } catch (e) {
       this.unsubscribe(sub.id);
@@ -229,16 +229,6 @@ export class SubscriptionHub {
     }
   }
 
-  /** Sends a topic's stored events after the subscription's position, page by page. */
-  async #catchUp(sub: Subscription): Promise<void> {
-    for (;;) {
-      const page = await this.#store.readTopic(sub.tenant, sub.topic, sub.last, this.#page);
-      const views = this.#redactor ? await this.#redactor.prepareStored(sub.tenant, page) : null;
-      for (const e of page) if (e.position > sub.last) this.#send(sub, e, views?.(e)?.(sub.conn.principal));
-      if (page.length < this.#page || !this.#byId.has(sub.id)) return;
-    }
-  }
-
   /** Ordered mode: marks the events' topics as having news, and reads it. */
   #news(events: StoredEvent[], topics: string[][]): void {
     const keys = new Set<string>();
@@ -281,7 +271,14 @@ export class SubscriptionHub {
   async #catchUpTopic(key: string): Promise<void> {
     // Subscriptions still catching up on their own are left to it.
     const subs = [...(this.#byKey.get(key) ?? [])].filter((sub) => !sub.backlog);
-    if (subs.length === 0) return;
+    if (subs.length > 0) await this.#catchUp(subs);
+  }
+
+  /**
+   * Sends subscriptions of one topic the stored events after their positions, reading the store
+   * once for all of them (from the lowest position), page by page.
+   */
+  async #catchUp(subs: Subscription[]): Promise<void> {
     const { tenant, topic } = subs[0]!;
     let from = Math.min(...subs.map((sub) => sub.last));
     for (;;) {
@@ -294,7 +291,7 @@ export class SubscriptionHub {
           if (e.position > sub.last) this.#send(sub, e, view?.(sub.conn.principal) ?? (json ??= JSON.stringify(toActorEvent(e))));
         }
       }
-      if (page.length < this.#page) return;
+      if (page.length < this.#page || subs.every((sub) => !this.#byId.has(sub.id))) return;
       from = page[page.length - 1]!.position;
     }
   }

@@ -129,23 +129,10 @@ interface SnapshotDoc {
   state: string;
 }
 
-interface ViewDoc {
-  tenant: string;
-  kind: string;
-  id: string;
-  version: number;
-  status: string;
-  owner: string | null;
-  type: string | null;
-  priority: string | null;
-  parentId: string | null;
-  createdBy: string | null;
-  createdAt: number;
-  updatedAt: number;
-  text: string;
+/** A read-model row as stored: the document as JSON text, plus the text as queries search it. */
+interface ViewDoc extends Omit<ViewRecord, 'doc'> {
   /** `text` with ASCII letters lower-cased: what `text` queries search, as SQLite's LIKE folds. */
   textFold: string;
-  archived: boolean;
   doc: string;
 }
 

@@ -22,7 +22,9 @@ export interface TimerServiceOptions {
   /**
    * Delivers a due timer (default: to its actor, `host.fireTimer`). A server routes some timers
    * through services that decide what the actor is told (assignment, lease renewal); whatever it
-   * does must consume the timer or throw, in which case the timer is tried again later.
+   * does must consume the timer or throw, in which case the timer is tried again later (after a
+   * growing pause, or after the error's own numeric `retryAfterMs`, which is not counted as a
+   * failure: another node of a cluster fires it).
    */
   deliver?: (timer: TimerRecord) => Promise<void>;
 }

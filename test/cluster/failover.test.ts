@@ -482,7 +482,7 @@ test('(b) a node paused past its lease: another takes over, the paused node\'s w
     // the actor in memory and before its commit, as a long GC pause would.
     const slow = [0, 1, 2, 3].map((i) => settle(onS.call('workspace.updateState', { workspaceId: ws.id, expectedHeads: base, ops: [{ op: 'set', path: `/late${i}`, value: i }] })));
     const first = await slow[0]!;
-    c.pause(S);
+    const stops = await c.pause(S);
     const stoppedAt = Date.now();
     let tookOverMs = 0;
     let staleTasks: Promise<Outcome>[] = [];
@@ -579,7 +579,7 @@ test('(b) a node paused past its lease: another takes over, the paused node\'s w
       { timeoutMs: 5_000, intervalMs: 50 },
     ).catch(async () => (await c.report(S)).nodes.find((x) => x.self)!.actors);
     console.log(
-      `cluster (b): ${c.ids[S]} paused ${((Date.now() - stoppedAt) / 1000).toFixed(1)} s, ${c.ids[O]} took over after ${(tookOverMs / 1000).toFixed(1)} s; ` +
+      `cluster (b): ${c.ids[S]} paused ${((Date.now() - stoppedAt) / 1000).toFixed(1)} s (stopped outside a store write${stops > 1 ? `, after ${stops} stops` : ''}), ${c.ids[O]} took over after ${(tookOverMs / 1000).toFixed(1)} s; ` +
         `${inFlight.length} writes in flight to the paused node: ${count.before} stored before the takeover, ${count.refused} refused (UNAVAILABLE), ` +
         `${count.unknown} of unknown outcome, ${count.forwarded} forwarded and stored after the new owner's; ` +
         `stale writes rejected by the store fence: ${counters.staleWritesRejected} (metric ${metric}), leases lost ${counters.leasesLost - lostBefore}; ` +

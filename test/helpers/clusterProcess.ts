@@ -1,5 +1,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
+import { setTimeout as delay } from 'node:timers/promises';
+import Database from 'better-sqlite3';
 import { connect, type TroupeClient } from '../../protocol/client.js';
 import { isProtocolError } from '../../protocol/errors.js';
 import type { MethodName, MethodResults, ParamsOf } from '../../protocol/methods.js';
@@ -57,8 +59,14 @@ export interface ProcessCluster {
   owner(stream: string): Promise<string | null>;
   /** SIGKILLs node `i` and waits for its exit. */
   kill(i: number): Promise<void>;
-  /** SIGSTOPs node `i`: its sockets stay open and the kernel buffers what arrives. */
-  pause(i: number): void;
+  /**
+   * SIGSTOPs node `i`: its sockets stay open and the kernel buffers what arrives. A process stopped
+   * inside a SQLite write transaction would keep the shared file's write lock and stall every other
+   * node, which the cluster's real store (MongoDB) does not do; so the node is stopped only at a
+   * moment it holds no write lock (stopped, checked, let go a moment and stopped again if it did).
+   * Resolves with the number of stops it took.
+   */
+  pause(i: number): Promise<number>;
   /** SIGCONTs a paused node. */
   resume(i: number): void;
   /** SIGTERMs node `i` and resolves with its exit code (a graceful stop exits with 0). */
@@ -205,9 +213,16 @@ export async function startProcessCluster(opts: ProcessClusterOptions = {}): Pro
       down.add(i);
       await nodes[i]!.kill();
     },
-    pause(i) {
+    async pause(i) {
       down.add(i);
-      nodes[i]!.child.kill('SIGSTOP');
+      const child = nodes[i]!.child;
+      for (let stops = 1; ; stops++) {
+        child.kill('SIGSTOP');
+        if (writeLockFree(path.join(tmp.dir, 'troupe.db'))) return stops;
+        if (stops === 50) throw new Error(`node ${ids[i]} held the store's write lock at each of 50 stops`);
+        child.kill('SIGCONT');
+        await delay(2);
+      }
     },
     resume(i) {
       nodes[i]!.child.kill('SIGCONT');
@@ -353,5 +368,20 @@ async function retrying<T>(fn: () => Promise<T>, stats: { retried: number }): Pr
       // The server's own hint of when the owner will have moved: a wait it asks for, not a guess.
       await new Promise((r) => setTimeout(r, e.data.retryAfterMs));
     }
+  }
+}
+
+/** Whether SQLite's write lock on the file at `file` can be taken now (taken and let go at once). */
+function writeLockFree(file: string): boolean {
+  const db = new Database(file, { timeout: 0 });
+  try {
+    db.exec('BEGIN IMMEDIATE');
+    db.exec('ROLLBACK');
+    return true;
+  } catch (err) {
+    if ((err as { code?: string }).code === 'SQLITE_BUSY') return false;
+    throw err;
+  } finally {
+    db.close();
   }
 }

@@ -311,12 +311,13 @@ export class ActorHost {
     };
     // A check needs the snapshot it judges: judge here a snapshot of the owner's (the last one
     // seen, else one read from it), and send on condition that the actor is still at that
-    // version (judged again on a fresh read while others write meanwhile).
+    // version. If others wrote in between, the owner answers with the actor as it is now and the
+    // call is judged again on that, without another read.
     const stream = streamOf(address);
     for (let attempt = 0; ; attempt++) {
       let pinned = false;
       if (opts.check) {
-        const seen = attempt === 0 ? this.#remoteSnapshots.get(stream) : undefined;
+        const seen = this.#remoteSnapshots.get(stream);
         const usable = seen && (opts.expectedVersion === undefined || opts.expectedVersion === seen.version);
         let judged = false;
         if (usable) {
@@ -335,26 +336,31 @@ export class ActorHost {
           if (opts.expectedVersion === undefined) wire.expectedVersion = read.version;
         }
         pinned = opts.expectedVersion === undefined;
+        if (pinned) wire.answerChanged = true;
       }
+      let r: Awaited<ReturnType<RemoteActors['send']>>;
       try {
-        const r = await remote.send(node, address, event, wire);
-        if (r === 'duplicate') return DUPLICATE;
-        this.#seeRemote(stream, r);
-        return { snapshot: this.restore(address.kind, r.snapshot), version: r.version, event: r.event };
+        r = await remote.send(node, address, event, wire);
       } catch (e) {
         if (isProtocolError(e, 'VERSION_MISMATCH')) this.#remoteSnapshots.delete(stream);
-        if (!pinned || !isProtocolError(e, 'VERSION_MISMATCH')) throw e;
-        // The version was ours, not the caller's: others wrote in between. Back off (with
-        // jitter, so writers through several nodes do not stay in step) and judge again.
-        if (attempt >= FORWARD_CHECK_ATTEMPTS - 1) {
-          throw new ProtocolError(
-            'UNAVAILABLE',
-            `The ${address.kind} ${address.id} changed ${FORWARD_CHECK_ATTEMPTS} times while this call was checked on another node; nothing was written, retry.`,
-            { retryAfterMs: 100, outcome: 'not_applied' },
-          );
-        }
-        await new Promise((resolve) => setTimeout(resolve, Math.random() * Math.min(100, 5 * 2 ** attempt)));
+        throw e;
       }
+      if (r === 'duplicate') return DUPLICATE;
+      if (!('changed' in r)) {
+        this.#seeRemote(stream, r);
+        return { snapshot: this.restore(address.kind, r.snapshot), version: r.version, event: r.event };
+      }
+      // The version was ours, not the caller's: others wrote in between.
+      this.#seeRemote(stream, r.changed);
+      if (attempt >= FORWARD_CHECK_ATTEMPTS - 1) {
+        throw new ProtocolError(
+          'UNAVAILABLE',
+          `The ${address.kind} ${address.id} changed ${FORWARD_CHECK_ATTEMPTS} times while this call was checked on another node; nothing was written, retry.`,
+          { retryAfterMs: 100, outcome: 'not_applied' },
+        );
+      }
+      // Back off with jitter, so writers through several nodes do not stay in step.
+      await new Promise((resolve) => setTimeout(resolve, Math.random() * Math.min(100, 5 * 2 ** attempt)));
     }
   }
 

@@ -37,6 +37,12 @@ export interface WireTurnOptions {
   idempotency?: { tenant: string; key: string; requestHash: string; createdAt: number; result: unknown };
   outboxDone?: string[];
   firedTimer?: { name: string; fireAt: number };
+  /**
+   * When the actor is no longer at `expectedVersion`, answer with it as it is now
+   * ({@link WireChanged}) instead of refusing: the caller pinned that version only to judge its
+   * check on it, and judges again on the answer without another read.
+   */
+  answerChanged?: true;
 }
 
 /** An accepted turn as it comes back from the owner: the persisted snapshot, restored by the caller. */
@@ -52,13 +58,18 @@ export interface WireRead {
   version: number;
 }
 
+/** The owner's answer to a turn sent with `answerChanged` whose actor had moved past its version. */
+export interface WireChanged {
+  changed: WireRead;
+}
+
 /**
  * The other nodes' actor hosts, as one node's host reaches them. Every method rejects with the
  * owner's ProtocolError when it refuses, and with UNAVAILABLE (and a retry hint) when it does not
  * answer in time.
  */
 export interface RemoteActors {
-  send(node: string, address: ActorAddress, event: { type: string } & Record<string, unknown>, opts: WireTurnOptions): Promise<WireTurn | 'duplicate'>;
+  send(node: string, address: ActorAddress, event: { type: string } & Record<string, unknown>, opts: WireTurnOptions): Promise<WireTurn | WireChanged | 'duplicate'>;
   read(node: string, address: ActorAddress): Promise<WireRead>;
   fireTimer(node: string, timer: TimerRecord): Promise<void>;
   deliver(node: string, record: OutboxRecord): Promise<void>;

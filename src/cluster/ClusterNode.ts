@@ -2,7 +2,7 @@ import { createHash, randomUUID } from 'node:crypto';
 import { Redis } from 'ioredis';
 import { DUPLICATE, IdempotencyConflict, type ActorHost } from '../../actors/ActorHost.js';
 import type { ActorAddress } from '../../actors/ActorKind.js';
-import type { RemoteActors, WireRead, WireTurn, WireTurnOptions } from '../../actors/Remote.js';
+import type { RemoteActors, WireChanged, WireRead, WireTurn, WireTurnOptions } from '../../actors/Remote.js';
 import type { OutboxRecord, Store, StoredEvent, TimerRecord, ViewRecord } from '../../actors/Store.js';
 import { ProtocolError, isProtocolError } from '../../protocol/errors.js';
 import type { Logger } from '../logger.js';
@@ -138,6 +138,10 @@ export class ClusterNode implements RemoteActors {
           return { snapshot: host.persisted(address.kind, r.snapshot), version: r.version, event: r.event } satisfies WireTurn;
         } catch (e) {
           if (e instanceof IdempotencyConflict) throw new ProtocolError('ALREADY_EXISTS', e.message, { idempotencyConflict: e.key });
+          if (opts.answerChanged && isProtocolError(e, 'VERSION_MISMATCH')) {
+            const now = await host.readForwarded(address);
+            return { changed: { snapshot: host.persisted(address.kind, now.snapshot), version: now.version } } satisfies WireChanged;
+          }
           throw e;
         }
       }),
@@ -230,10 +234,10 @@ export class ClusterNode implements RemoteActors {
 
   // RemoteActors: the actor host calls these for actors another node owns.
 
-  async send(node: string, address: ActorAddress, event: { type: string } & Record<string, unknown>, opts: WireTurnOptions): Promise<WireTurn | 'duplicate'> {
+  async send(node: string, address: ActorAddress, event: { type: string } & Record<string, unknown>, opts: WireTurnOptions): Promise<WireTurn | WireChanged | 'duplicate'> {
     this.#counters.forwarded++;
     try {
-      return await this.bus.request<WireTurn | 'duplicate'>(node, 'actor.send', { address, event, opts });
+      return await this.bus.request<WireTurn | WireChanged | 'duplicate'>(node, 'actor.send', { address, event, opts });
     } catch (e) {
       const key = isProtocolError(e, 'ALREADY_EXISTS') ? e.data.idempotencyConflict : undefined;
       if (typeof key === 'string') throw new IdempotencyConflict(key);

@@ -168,10 +168,27 @@ export class ClusterNode implements RemoteActors {
     await this.bus.ready();
   }
 
+  #goneListeners: ((nodes: string[]) => void)[] = [];
+  #joinedListeners: ((nodes: string[]) => void)[] = [];
+
+  /** Calls `fn` with the nodes found gone (heartbeat expired) at each of this node's heartbeats. */
+  onNodesGone(fn: (nodes: string[]) => void): void {
+    this.#goneListeners.push(fn);
+  }
+
+  /** Calls `fn` with the nodes that appeared (new, or back from a pause) since the previous heartbeat. */
+  onNodesJoined(fn: (nodes: string[]) => void): void {
+    this.#joinedListeners.push(fn);
+  }
+
   /** Joins the cluster (after the node listens), advertising where clients reach it. */
   async join(address: string): Promise<void> {
     this.membership.address = address;
+    this.membership.onJoined = (nodes) => {
+      for (const fn of this.#joinedListeners) fn(nodes);
+    };
     this.membership.onGone = (nodes) => {
+      for (const fn of this.#goneListeners) fn(nodes);
       for (const node of nodes) {
         this.bus.failPending(node);
         // One node (rendezvous) closes the books of a node that vanished without saying goodbye.

@@ -45,6 +45,12 @@ export class Membership {
   address: string;
   /** Called with the nodes that were alive at the previous heartbeat and are gone now. */
   onGone: (nodes: string[]) => void = () => {};
+  /**
+   * Called with the nodes alive now that were not at the previous heartbeat (new ones, or ones
+   * back from a pause); not for those found at this node's first heartbeat.
+   */
+  onJoined: (nodes: string[]) => void = () => {};
+  #beats = 0;
 
   constructor(opts: MembershipOptions) {
     this.#o = opts;
@@ -87,6 +93,8 @@ export class Membership {
     if (!this.#alive.includes(nodeId)) this.#alive = [...this.#alive, nodeId].sort();
     const gone = before.filter((n) => !this.#alive.includes(n));
     if (gone.length > 0) this.onGone(gone);
+    const joined = this.#alive.filter((n) => !before.includes(n));
+    if (this.#beats++ > 0 && joined.length > 0) this.onJoined(joined);
   }
 
   /** Every live node with its info, sorted by id; forgets nodes whose heartbeat expired. */

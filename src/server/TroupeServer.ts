@@ -291,7 +291,7 @@ export class TroupeServer {
         hub,
         now,
         log: this.#log,
-        ...(cluster ? { presenceRelay: { publish: (m) => cluster.bus.broadcast('presence', m), alive: () => cluster.membership.alive } } : {}),
+        ...(cluster ? { presenceRelay: { publish: (m) => cluster.bus.broadcast('presence', m), alive: () => cluster.membership.alive, self: cluster.nodeId } } : {}),
       }),
       documents: new DocumentService({
         host: this.host,
@@ -359,6 +359,10 @@ export class TroupeServer {
       const presence = this.app.workspaces!.presence;
       await this.cluster.bus.listen('presence', (m, from) => presence.receive(from, m as PresenceRelayMessage));
       this.cluster.bus.broadcast('presence', { t: 'hello' } satisfies PresenceRelayMessage);
+      // Members present through a node that vanished leave; a node back from a pause tells its
+      // members again (the others forgot them when it was gone).
+      this.cluster.onNodesGone((nodes) => presence.nodesGone(nodes));
+      this.cluster.onNodesJoined((nodes) => this.cluster!.bus.broadcast('presence', { t: 'sync', nodes } satisfies PresenceRelayMessage));
     }
     // Other nodes hold connections of their own: only a single node may assume none are left.
     else await this.#resetAgentConnections();

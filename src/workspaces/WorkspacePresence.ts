@@ -67,7 +67,10 @@ interface RemoteMember {
 export type PresenceRelayMessage =
   | { t: 'presence'; tenant: string; workspaceId: string; principalId: string; change: 'joined' | 'updated' | 'left'; member: RemoteMember | null; at: number; notify: boolean }
   | { t: 'message'; tenant: string; workspaceId: string; frame: string; target: MessageTarget }
-  | { t: 'hello' };
+  /** A node (re)started: what others remember of its members is gone; each answers with its own. */
+  | { t: 'hello' }
+  /** These nodes came back (after a pause, say) and should tell everyone their members again. */
+  | { t: 'sync'; nodes: string[] };
 
 /**
  * Presence across the nodes of a cluster: each node publishes its members' joins, updates,
@@ -77,6 +80,8 @@ export interface PresenceRelay {
   publish(message: PresenceRelayMessage): void;
   /** Nodes alive now; members reported by any other node are ignored. */
   alive(): readonly string[];
+  /** This node's id. */
+  self: string;
 }
 
 /** Options of {@link WorkspacePresence}. */
@@ -309,7 +314,13 @@ export class WorkspacePresence {
    */
   receive(node: string, m: PresenceRelayMessage): void {
     if (m.t === 'hello') {
-      for (const room of this.#rooms.values()) for (const member of room.members.values()) this.#relayPresence(room, 'updated', member, false);
+      // What the node had before it started again is gone with that run.
+      this.#dropNode(node);
+      this.#republish();
+      return;
+    }
+    if (m.t === 'sync') {
+      if (m.nodes.includes(this.#opts.relay?.self ?? '')) this.#republish();
       return;
     }
     const key = this.#key(m.tenant, m.workspaceId);
@@ -319,6 +330,7 @@ export class WorkspacePresence {
       for (const pc of room.conns.values()) if (targets(m.target, pc.principalId) && !pc.conn.closed) pc.conn.notifyFrame(m.frame);
       return;
     }
+    const was = this.isPresent(m.tenant, m.workspaceId, m.principalId);
     let byNode = this.#remote.get(key);
     if (!byNode) this.#remote.set(key, (byNode = new Map()));
     let members = byNode.get(node);
@@ -327,17 +339,51 @@ export class WorkspacePresence {
     else members.delete(m.principalId);
     if (members.size === 0) byNode.delete(node);
     if (byNode.size === 0) this.#remote.delete(key);
-    const room = this.#rooms.get(key);
-    if (!m.notify || !room) return;
+    // A member told again without notice (a node answering a hello or back from a pause) is
+    // announced only if it was not known to be present.
+    const change = m.notify ? m.change : !was && m.member ? 'joined' : null;
+    if (change) this.#notifyRemote(m.tenant, m.workspaceId, m.principalId, change, m.member, m.at);
+  }
+
+  /**
+   * Other nodes are gone (their heartbeat expired): their members are forgotten, and those not
+   * present through another node leave, as they would have had the node said goodbye.
+   */
+  nodesGone(nodes: readonly string[]): void {
+    for (const node of nodes) this.#dropNode(node);
+  }
+
+  #dropNode(node: string): void {
+    for (const [key, byNode] of [...this.#remote]) {
+      const members = byNode.get(node);
+      if (!members) continue;
+      byNode.delete(node);
+      if (byNode.size === 0) this.#remote.delete(key);
+      const [tenant, workspaceId] = key.split('\n') as [string, string];
+      for (const principalId of members.keys()) {
+        if (!this.isPresent(tenant, workspaceId, principalId)) this.#notifyRemote(tenant, workspaceId, principalId, 'left', null, this.#opts.now());
+      }
+    }
+  }
+
+  /** Tells the other nodes every member present here, without notice. */
+  #republish(): void {
+    for (const room of this.#rooms.values()) for (const member of room.members.values()) this.#relayPresence(room, 'updated', member, false);
+  }
+
+  /** Notifies this node's present connections of a change to a member present on another node. */
+  #notifyRemote(tenant: string, workspaceId: string, principalId: string, change: 'joined' | 'updated' | 'left', member: RemoteMember | null, at: number): void {
+    const room = this.#rooms.get(this.#key(tenant, workspaceId));
+    if (!room) return;
     const frame = JSON.stringify({
       jsonrpc: '2.0',
       method: WORKSPACE_PRESENCE,
       params: {
-        workspaceId: m.workspaceId,
-        change: m.change,
-        principalId: m.principalId,
-        presence: m.member ? this.#remoteResource(m.tenant, m.workspaceId, m.principalId, m.member) : null,
-        at: new Date(m.at).toISOString(),
+        workspaceId,
+        change,
+        principalId,
+        presence: member ? this.#remoteResource(tenant, workspaceId, principalId, member) : null,
+        at: new Date(at).toISOString(),
       },
     });
     for (const pc of room.conns.values()) if (!pc.conn.closed) pc.conn.notifyFrame(frame);

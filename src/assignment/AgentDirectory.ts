@@ -42,6 +42,8 @@ export class TenantAgents {
   readonly agents = new Map<string, AgentEntry>();
   /** Live tasks held by an agent: who holds them. */
   readonly holders = new Map<string, HeldTask>();
+  /** The same, by agent: the ids of the tasks each agent holds. */
+  readonly #byAgent = new Map<string, Set<string>>();
   /** Auto-assigned tasks that are pending and have already waited for an agent. */
   readonly waiting = new Set<string>();
   /** Versions already applied per actor, so a late initial load cannot undo a newer commit. */
@@ -85,12 +87,20 @@ export class TenantAgents {
     if (this.holders.get(taskId)?.agent === agent) this.#release(taskId);
   }
 
+  /** The ids of the tasks an agent holds, as this node knows them. */
+  heldBy(agent: string): ReadonlySet<string> {
+    return this.#byAgent.get(agent) ?? new Set();
+  }
+
   #hold(taskId: string, h: HeldTask): void {
     const prev = this.holders.get(taskId);
     if (prev && prev.agent !== h.agent) this.#release(taskId);
     if (!this.holders.has(taskId)) {
       const e = this.agents.get(h.agent);
       if (e) e.load++;
+      let ids = this.#byAgent.get(h.agent);
+      if (!ids) this.#byAgent.set(h.agent, (ids = new Set()));
+      ids.add(taskId);
     }
     this.holders.set(taskId, h);
   }
@@ -99,6 +109,9 @@ export class TenantAgents {
     const prev = this.holders.get(taskId);
     if (!prev) return undefined;
     this.holders.delete(taskId);
+    const ids = this.#byAgent.get(prev.agent);
+    ids?.delete(taskId);
+    if (ids?.size === 0) this.#byAgent.delete(prev.agent);
     const e = this.agents.get(prev.agent);
     if (e) e.load = Math.max(0, e.load - 1);
     return prev;
@@ -161,10 +174,16 @@ export class AgentDirectory {
   #store: Store;
   #tenants = new Map<string, TenantAgents>();
   #onCapacity: (tenant: string) => void;
+  #onRelease: ((tenant: string, agent: string, taskId: string) => void) | undefined;
 
-  constructor(opts: { store: Store; onCapacity?: (tenant: string) => void }) {
+  /**
+   * `onCapacity` hears of capacity freed by this node's commits; `onRelease` of each task an
+   * agent stopped holding through a commit of this node.
+   */
+  constructor(opts: { store: Store; onCapacity?: (tenant: string) => void; onRelease?: (tenant: string, agent: string, taskId: string) => void }) {
     this.#store = opts.store;
     this.#onCapacity = opts.onCapacity ?? (() => {});
+    this.#onRelease = opts.onRelease;
   }
 
   /** Follows the host's commits. */
@@ -176,7 +195,10 @@ export class AgentDirectory {
       if (!t) return;
       if ((t.seen.get(`${e.kind}/${e.actorId}`) ?? 0) >= e.version) return;
       t.seen.set(`${e.kind}/${e.actorId}`, e.version);
+      const holder = e.kind === 'task' ? t.holders.get(e.actorId)?.agent : undefined;
       const freed = e.kind === 'agent' ? t.applyAgent(e.actorId, view) : t.applyTask(e.actorId, view);
+      // The node that committed a task's release (or its move to another agent) reports it.
+      if (holder !== undefined && !remote && t.holders.get(e.actorId)?.agent !== holder) this.#onRelease?.(e.tenant, holder, e.actorId);
       // In a cluster the node that committed the change places waiting work, not every node.
       if (freed && !remote) this.#onCapacity(e.tenant);
     });

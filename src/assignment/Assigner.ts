@@ -10,6 +10,7 @@ import type { Logger } from '../logger.js';
 import type { RuleEngine } from '../policy/RuleEngine.js';
 import type { Presence } from '../server/Presence.js';
 import type { AgentDirectory, TenantAgents } from './AgentDirectory.js';
+import type { SharedAgentSlots } from './SharedAgentSlots.js';
 import { choose, type Candidate } from './strategies.js';
 
 type TaskSnapshot = SnapshotFrom<typeof taskMachine>;
@@ -36,6 +37,8 @@ export interface AssignerOptions {
   log: Logger;
   /** The strategy when neither the request, the task nor a policy names one. */
   defaultStrategy?: AssignmentStrategy;
+  /** Set in a cluster: agents' slots held by every node's choices in flight. */
+  slots?: SharedAgentSlots;
 }
 
 /**
@@ -91,7 +94,16 @@ export class Assigner {
         } else cands.push({ agent: a, load: e.load, stats: needStats ? dir.stats(e) : NO_STATS });
       }
     }
-    if (cands.length === 0) {
+    let choice = cands.length > 0 ? choose(strategy, required, cands, dir.lastRoundRobin) : null;
+    // In a cluster another node may be offering the same agent work right now: the agent's
+    // shared slots decide, and an agent found full there is passed over like one full here.
+    while (choice && this.#o.slots && !(await this.#o.slots.reserve(tenant, choice.agent.id, task.id, choice.agent.maxConcurrentTasks, dir.heldBy(choice.agent.id)))) {
+      counts.full++;
+      const full = choice.agent.id;
+      cands.splice(cands.findIndex((c) => c.agent.id === full), 1);
+      choice = cands.length > 0 ? choose(strategy, required, cands, dir.lastRoundRobin) : null;
+    }
+    if (!choice) {
       const parts = [
         `${dir.agents.size} registered`,
         counts.offline && `${counts.offline} offline`,
@@ -103,7 +115,6 @@ export class Assigner {
       ].filter(Boolean);
       return { ok: false, reason: `No eligible agent: ${parts.join(', ')}.` };
     }
-    const choice = choose(strategy, required, cands, dir.lastRoundRobin);
     if (strategy === 'round_robin') dir.lastRoundRobin = choice.agent.id;
     dir.reserve(task.id, choice.agent.id);
     const failover = task.releasedBy?.why === 'lease_expired' && task.assignedTo === null;
@@ -150,12 +161,18 @@ export class Assigner {
         if (r === DUPLICATE) throw new ProtocolError('INTERNAL', 'Unexpected duplicate assignment.');
         return { task: taskFromTurn(r), decision };
       } catch (e) {
-        if (decision.ok) (await this.#o.directory.tenant(tenant)).unreserve(taskId, decision.agentId);
+        if (decision.ok) await this.undo(tenant, taskId, decision.agentId);
         // Changed between the read and the write: decide again on the new state.
         if (isProtocolError(e, 'VERSION_MISMATCH') && attempt < 3) continue;
         throw e;
       }
     }
+  }
+
+  /** Gives back the capacity a {@link Assigner.decide} reserved, when its assignment is not written. */
+  async undo(tenant: string, taskId: string, agentId: string): Promise<void> {
+    (await this.#o.directory.tenant(tenant)).unreserve(taskId, agentId);
+    this.#o.slots?.release(tenant, agentId, taskId);
   }
 
   /** Delivers a due timer, deciding for `assign` and `lease` timers of tasks. */

@@ -153,7 +153,7 @@ export function assignmentHandlers(app: App): Handlers {
         }
         const reason = `rebalanced: ${h.agent} is ${why}; ${decision.reason}`;
         if (dryRun) {
-          dir.unreserve(taskId, decision.agentId);
+          await assigner.undo(p.tenantId, taskId, decision.agentId);
           dir.reserve(taskId, h.agent);
           moved.push({ taskId, from: h.agent, to: decision.agentId, kind: 'load_balance', reason });
           continue;
@@ -162,7 +162,7 @@ export function assignmentHandlers(app: App): Handlers {
           await send(ctx, taskId, { type: 'task.assign', agentId: decision.agentId, reason, kind: 'load_balance', strategy: decision.strategy }, t.version);
           moved.push({ taskId, from: h.agent, to: decision.agentId, kind: 'load_balance', reason });
         } catch (err) {
-          dir.unreserve(taskId, decision.agentId);
+          await assigner.undo(p.tenantId, taskId, decision.agentId);
           dir.reserve(taskId, h.agent);
           // Accepted or changed meanwhile: it stays where it is.
           if (!isProtocolError(err, 'VERSION_MISMATCH') && !isProtocolError(err, 'ILLEGAL_TRANSITION')) throw err;

@@ -40,7 +40,7 @@ test('tasks created on two nodes at the same moment never offer an agent more th
       const tasks = await waitFor(async () => {
         const now = await Promise.all(created.map((t) => leads[0].call('task.get', { taskId: t.id })));
         return now.filter((t) => t.status === 'assigned').length === max && now.filter((t) => t.status === 'pending' && t.waitingForAgent).length === 10 - max ? now : null;
-      }).catch(async () => Promise.all(created.map((t) => leads[0].call('task.get', { taskId: t.id }))));
+      }, { timeoutMs: 15_000 }).catch(async () => Promise.all(created.map((t) => leads[0].call('task.get', { taskId: t.id }))));
       const offered = tasks.filter((t) => t.assignedTo === 'solo');
       assert.is(offered.length, max, `limit ${max}, round ${round}: ${offered.length} offered (${tasks.map((t) => t.status).join(', ')})`);
     }

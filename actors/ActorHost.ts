@@ -338,20 +338,25 @@ export class ActorHost {
         pinned = opts.expectedVersion === undefined;
         if (pinned) wire.answerChanged = true;
       }
-      let r: Awaited<ReturnType<RemoteActors['send']>>;
+      let r: Awaited<ReturnType<RemoteActors['send']>> | null;
       try {
         r = await remote.send(node, address, event, wire);
       } catch (e) {
-        if (isProtocolError(e, 'VERSION_MISMATCH')) this.#remoteSnapshots.delete(stream);
-        throw e;
+        if (!isProtocolError(e, 'VERSION_MISMATCH')) throw e;
+        this.#remoteSnapshots.delete(stream);
+        // An owner that does not answer with the actor as it is now (an older node during a
+        // rolling upgrade) refuses instead: judged again on a fresh read, unless the caller
+        // named the version itself.
+        if (!pinned) throw e;
+        r = null;
       }
       if (r === 'duplicate') return DUPLICATE;
-      if (!('changed' in r)) {
+      if (r && !('changed' in r)) {
         this.#seeRemote(stream, r);
         return { snapshot: this.restore(address.kind, r.snapshot), version: r.version, event: r.event };
       }
       // The version was ours, not the caller's: others wrote in between.
-      this.#seeRemote(stream, r.changed);
+      if (r) this.#seeRemote(stream, r.changed);
       if (attempt >= FORWARD_CHECK_ATTEMPTS - 1) {
         throw new ProtocolError(
           'UNAVAILABLE',

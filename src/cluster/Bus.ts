@@ -27,7 +27,8 @@ interface Envelope {
   error?: { reason: string; message: string; data?: Record<string, unknown> };
 }
 
-type RequestHandler = (payload: unknown, from: string) => Promise<unknown>;
+/** Answers one request from another node. */
+export type RequestHandler = (payload: unknown, from: string) => Promise<unknown>;
 
 /**
  * Messages between the nodes of a cluster over Redis pub/sub: broadcasts on named channels and
@@ -86,6 +87,11 @@ export class Bus {
   /** Answers requests of a type from other nodes; a thrown ProtocolError travels back as it is. */
   handle(type: string, handler: RequestHandler): void {
     this.#handlers.set(type, handler);
+  }
+
+  /** The handler answering a request type, if any (to wrap it). */
+  handler(type: string): RequestHandler | undefined {
+    return this.#handlers.get(type);
   }
 
   /** Listens to a broadcast channel (messages this node published itself are not delivered). */

@@ -423,4 +423,58 @@ contention('a checked call is judged on the snapshot the previous call brought b
   assert.ok((await requests()) - beforeProgress >= 2, 'an old snapshot is not what the turn is applied on');
 });
 
+contention('a checked call whose actor changed on the way is judged again on the state the owner answers with, and also when an older owner refuses instead', async ({ c }) => {
+  const lead = await c.client(0, 'moved', 'lead', ['admin']);
+  const w = await c.client(1, 'moved', 'w', ['agent']);
+  await w.call('agent.register', { capabilities: ['x'] });
+  const t = await lead.call('task.create', { type: 'x', title: 'moved', assignTo: 'w' });
+  await w.call('task.accept', { taskId: t.id });
+  const bus = c.nodes[0]!.server.cluster!.bus;
+  const served = bus.handler('actor.send')!;
+  const requests = async () => (await c.nodes[1]!.server.cluster!.view()).counters.forwarded;
+  // The owner takes another write just before it serves the forwarded turn, once per call, so the
+  // version the caller judged its check on is always one behind when the turn arrives.
+  const through = async (older: boolean, percent: number) => {
+    let raced = false;
+    const seen: string[] = [];
+    bus.handle('actor.send', async (payload, from) => {
+      const p = payload as { opts: { answerChanged?: true } };
+      if (!raced) {
+        raced = true;
+        await lead.call('task.update', { taskId: t.id, title: `moved ${percent}` });
+      }
+      if (older) delete p.opts.answerChanged;
+      try {
+        const r = await served(payload, from);
+        seen.push(typeof r === 'object' && r !== null && 'changed' in r ? 'changed' : 'applied');
+        return r;
+      } catch (e) {
+        seen.push((e as ProtocolError).reason);
+        throw e;
+      }
+    });
+    try {
+      const before = await requests();
+      const r = await w.call('task.progress', { taskId: t.id, percent });
+      return { r, seen, requests: (await requests()) - before };
+    } finally {
+      bus.handle('actor.send', served);
+    }
+  };
+  await w.call('task.start', { taskId: t.id });
+  const now = await through(false, 10);
+  assert.equal(now.seen, ['changed', 'applied'], 'the owner answers with the task as it is now, then applies the turn judged on it');
+  assert.is(now.r.title, 'moved 10', 'the turn applied to the task as it is now');
+  const old = await through(true, 20);
+  assert.equal(old.seen, ['VERSION_MISMATCH', 'applied'], 'an older owner refuses; the caller reads again and the turn is applied');
+  assert.is(old.r.title, 'moved 20');
+  assert.is(old.requests - now.requests, 1, 'the older owner costs one more request: the fresh read');
+  const stored = await lead.call('events.read', { kind: 'task', actorId: t.id, limit: 100 });
+  assert.equal(
+    stored.items.filter((e) => e.type === 'task.progress').map((e) => (e.data as { percent: number }).percent),
+    [10, 20],
+    'each progress is stored once',
+  );
+});
+
 contention.run();

@@ -10,12 +10,15 @@ async function main(): Promise<void> {
   const log = createLogger(config.logLevel);
   const store = openStore(config.store, { sqliteSync: config.sqliteSync });
   const server = new TroupeServer({ ...config, store, logger: log });
-  const boot = config.bootstrap ? await bootstrap(store, server.app.auth, config.dataDir) : null;
+  const cluster = server.cluster;
+  const boot = config.bootstrap ? await bootstrap(store, server.app.auth, config.dataDir, cluster ? () => cluster.claimBootstrap() : undefined) : null;
   const { url, httpUrl } = await server.start();
   log.info({ url, store: config.store }, 'troupe listening');
   const lines = [``, `Troupe is listening on ${url} (HTTP ${httpUrl}), store ${config.store}`];
   if (boot?.key) {
     lines.push(`First start: created tenant "default" with an admin key (saved to ${boot.file}):`, ``, `  ${boot.key}`, ``);
+  } else if (boot?.elsewhere) {
+    lines.push(`First start of the cluster: another node creates the admin key of tenant "default" and prints it.`);
   } else if (boot) {
     lines.push(`Admin key from the first start: ${boot.file}. More keys: npx troupe keys create --tenant <t> --principal <p> --roles agent`);
   }

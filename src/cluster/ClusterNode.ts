@@ -181,6 +181,14 @@ export class ClusterNode implements RemoteActors {
     this.#joinedListeners.push(fn);
   }
 
+  /**
+   * Claims the first start of the cluster (creating the first admin key) for this node; true for
+   * one of the nodes asking within a minute of each other.
+   */
+  async claimBootstrap(): Promise<boolean> {
+    return (await this.bus.redis.set(`${this.prefix}:bootstrap`, this.nodeId, 'PX', 60_000, 'NX')) === 'OK';
+  }
+
   /** Joins the cluster (after the node listens), advertising where clients reach it. */
   async join(address: string): Promise<void> {
     this.membership.address = address;

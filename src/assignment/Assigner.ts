@@ -8,9 +8,9 @@ import { taskFromTurn, taskResource } from '../kinds/taskKind.js';
 import { leafState } from '../kinds/stateName.js';
 import type { Logger } from '../logger.js';
 import type { RuleEngine } from '../policy/RuleEngine.js';
+import type { SharedReservations } from '../guard/SharedReservations.js';
 import type { Presence } from '../server/Presence.js';
 import type { AgentDirectory, TenantAgents } from './AgentDirectory.js';
-import type { SharedAgentSlots } from './SharedAgentSlots.js';
 import { choose, type Candidate } from './strategies.js';
 
 type TaskSnapshot = SnapshotFrom<typeof taskMachine>;
@@ -38,7 +38,7 @@ export interface AssignerOptions {
   /** The strategy when neither the request, the task nor a policy names one. */
   defaultStrategy?: AssignmentStrategy;
   /** Set in a cluster: agents' slots held by every node's choices in flight. */
-  slots?: SharedAgentSlots;
+  slots?: SharedReservations;
 }
 
 /**
@@ -97,7 +97,7 @@ export class Assigner {
     let choice = cands.length > 0 ? choose(strategy, required, cands, dir.lastRoundRobin) : null;
     // In a cluster another node may be offering the same agent work right now: the agent's
     // shared slots decide, and an agent found full there is passed over like one full here.
-    while (choice && this.#o.slots && !(await this.#o.slots.reserve(tenant, choice.agent.id, task.id, choice.agent.maxConcurrentTasks, dir.heldBy(choice.agent.id)))) {
+    while (choice && this.#o.slots && !(await this.#o.slots.holdSlot(tenant, choice.agent.id, task.id, choice.agent.maxConcurrentTasks, dir.heldBy(choice.agent.id)))) {
       counts.full++;
       const full = choice.agent.id;
       cands.splice(cands.findIndex((c) => c.agent.id === full), 1);
@@ -172,7 +172,7 @@ export class Assigner {
   /** Gives back the capacity a {@link Assigner.decide} reserved, when its assignment is not written. */
   async undo(tenant: string, taskId: string, agentId: string): Promise<void> {
     (await this.#o.directory.tenant(tenant)).unreserve(taskId, agentId);
-    this.#o.slots?.release(tenant, agentId, taskId);
+    this.#o.slots?.releaseSlot(tenant, agentId, taskId);
   }
 
   /** Delivers a due timer, deciding for `assign` and `lease` timers of tasks. */

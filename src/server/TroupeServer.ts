@@ -37,7 +37,6 @@ import { serveViz } from '../viz/serveViz.js';
 import { quotaHandlers } from '../handlers/quotas.js';
 import { Quotas, type QuotasOptions } from '../guard/Quotas.js';
 import { SharedReservations } from '../guard/SharedReservations.js';
-import { SharedAgentSlots } from '../assignment/SharedAgentSlots.js';
 import { Dispatcher } from '../workflows/Dispatcher.js';
 import { installGuards } from './guards.js';
 import { IdleTimeout } from '../guard/IdleTimeout.js';
@@ -249,15 +248,15 @@ export class TroupeServer {
     this.rules = new RuleEngine({ store });
     this.rules.attach(this.host);
     const presence = new Presence();
-    // In a cluster, offers made at the same moment on different nodes share each agent's slots.
-    const slots = cluster ? new SharedAgentSlots({ redis: cluster.bus.redis, prefix: cluster.prefix, log: this.#log }) : undefined;
+    // In a cluster, quota reservations and agents' slots are held where every node sees them.
+    const shared = cluster ? new SharedReservations({ redis: cluster.bus.redis, prefix: cluster.prefix, log: this.#log }) : undefined;
     const directory = new AgentDirectory({
       store,
       onCapacity: (tenant) => assigner.kick(tenant),
-      ...(slots ? { onRelease: (tenant: string, agent: string, taskId: string) => slots.release(tenant, agent, taskId) } : {}),
+      ...(shared ? { onRelease: (tenant: string, agent: string, taskId: string) => shared.releaseSlot(tenant, agent, taskId) } : {}),
     });
     directory.attach(this.host);
-    const assigner = new Assigner({ host: this.host, directory, rules: this.rules, presence, now, log: this.#log, defaultStrategy: opts.defaultStrategy, ...(slots ? { slots } : {}) });
+    const assigner = new Assigner({ host: this.host, directory, rules: this.rules, presence, now, log: this.#log, defaultStrategy: opts.defaultStrategy, ...(shared ? { slots: shared } : {}) });
     this.#timers = new TimerService({
       host: this.host,
       now,
@@ -289,7 +288,7 @@ export class TroupeServer {
         log: this.#log,
         now,
         defaults: opts.quotaLimits,
-        ...(cluster ? { shared: new SharedReservations({ redis: cluster.bus.redis, prefix: cluster.prefix, log: this.#log }) } : {}),
+        ...(shared ? { shared } : {}),
       }),
       audit: new AuditRecorder({ store, now, log: this.#log }),
       workspaces: new WorkspaceService({

@@ -66,7 +66,8 @@ interface RemoteMember {
 /** What nodes of a cluster tell each other about presence and messages. */
 export type PresenceRelayMessage =
   | { t: 'presence'; tenant: string; workspaceId: string; principalId: string; change: 'joined' | 'updated' | 'left'; member: RemoteMember | null; at: number; notify: boolean }
-  | { t: 'message'; tenant: string; workspaceId: string; frame: string; target: MessageTarget }
+  /** A message sent through a node: delivered to the matching connections here, and counted. */
+  | { t: 'message'; tenant: string; workspaceId: string; frame: string; target: MessageTarget; record: MessageRecord }
   /** A node (re)started: what others remember of its members is gone; each answers with its own. */
   | { t: 'hello' }
   /** These nodes came back (after a pause, say) and should tell everyone their members again. */
@@ -325,6 +326,7 @@ export class WorkspacePresence {
     }
     const key = this.#key(m.tenant, m.workspaceId);
     if (m.t === 'message') {
+      this.#log(key, m.record);
       const room = this.#rooms.get(key);
       if (!room) return;
       for (const pc of room.conns.values()) if (targets(m.target, pc.principalId) && !pc.conn.closed) pc.conn.notifyFrame(m.frame);
@@ -418,23 +420,19 @@ export class WorkspacePresence {
   ): number {
     const at = this.#opts.now();
     const key = this.#key(tenant, workspaceId);
-    let log = this.#messages.get(key);
-    if (!log) this.#messages.set(key, (log = { items: [], total: 0 }));
-    log.items.push({ at, from: msg.from, kind: msg.kind });
-    log.total++;
-    if (log.items.length > this.#maxLog) log.items.splice(0, log.items.length - this.#maxLog);
+    const record: MessageRecord = { at, from: msg.from, kind: msg.kind };
+    this.#log(key, record);
     const frame = JSON.stringify({
       jsonrpc: '2.0',
       method: WORKSPACE_MESSAGE,
       params: { workspaceId, ...msg, at: new Date(at).toISOString() },
     });
     let n = 0;
-    // Connections on other nodes get it through them; they are counted from what those nodes report.
+    // Connections on other nodes get it through them; they are counted from what those nodes
+    // report. Every node hears of it, so each counts the workspace's messages of all nodes.
     if (this.#opts.relay) {
-      let remote = 0;
-      for (const [principalId, r] of this.#remoteMembers(tenant, workspaceId)) if (targets(target, principalId)) remote += r.connections;
-      if (remote > 0) this.#opts.relay.publish({ t: 'message', tenant, workspaceId, frame, target });
-      n += remote;
+      for (const [principalId, r] of this.#remoteMembers(tenant, workspaceId)) if (targets(target, principalId)) n += r.connections;
+      this.#opts.relay.publish({ t: 'message', tenant, workspaceId, frame, target, record });
     }
     const room = this.#room(tenant, workspaceId);
     if (!room) return n;
@@ -446,7 +444,18 @@ export class WorkspacePresence {
     return n;
   }
 
-  /** Messages of a workspace since `from` (those still remembered), and the count since this node started. */
+  #log(key: string, record: MessageRecord): void {
+    let log = this.#messages.get(key);
+    if (!log) this.#messages.set(key, (log = { items: [], total: 0 }));
+    log.items.push(record);
+    log.total++;
+    if (log.items.length > this.#maxLog) log.items.splice(0, log.items.length - this.#maxLog);
+  }
+
+  /**
+   * Messages of a workspace since `from` (those still remembered), and the count since this node
+   * started; in a cluster, those sent through any node.
+   */
   messages(tenant: string, workspaceId: string, from = 0): { items: MessageRecord[]; total: number } {
     const log = this.#messages.get(this.#key(tenant, workspaceId));
     if (!log) return { items: [], total: 0 };

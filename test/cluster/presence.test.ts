@@ -67,6 +67,13 @@ test('members on different nodes see each other join, update and leave, and mess
   assert.equal([direct.present, direct.delivered], [true, 1]);
   await waitFor(() => bobMessages.length === 2);
   assert.equal(bobMessages, [{ hello: 'all' }, { hello: 'bob' }]);
+  // Both nodes count the messages sent through either.
+  await bob.call('workspace.broadcast', { workspaceId: w.id, message: { from: 'bob' }, excludeSelf: true });
+  for (const client of [lead, bob]) {
+    await waitFor(async () => (await client.call('workspace.stats', { workspaceId: w.id })).messages === 3);
+    const m = await client.call('workspace.collaborationMetrics', { workspaceId: w.id, periodSeconds: 3600 });
+    assert.equal([m.messages, m.messagesPerMember], [3, { lead: 2, bob: 1 }], 'the metrics of either node count the messages of both');
+  }
 
   await bob.close();
   await waitFor(() => told.includes('left:bob'));

@@ -438,7 +438,8 @@ contention('a checked call whose actor changed on the way is judged again on the
     let raced = false;
     const seen: string[] = [];
     bus.handle('actor.send', async (payload, from) => {
-      const p = payload as { opts: { answerChanged?: true } };
+      const p = payload as { address: { id: string }; opts: { answerChanged?: true } };
+      if (p.address.id !== t.id) return served(payload, from);
       if (!raced) {
         raced = true;
         await lead.call('task.update', { taskId: t.id, title: `moved ${percent}` });

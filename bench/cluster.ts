@@ -1,6 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -8,9 +7,10 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { Authenticator } from '../src/auth/Authenticator.js';
 import { SqliteStore } from '../src/storage/SqliteStore.js';
+import { startRedis, type RedisProcess } from '../test/helpers/redis.js';
 import { waitFor } from '../test/helpers/waitFor.js';
 import { closedLoop, timed, type Work } from './loadgen.js';
-import { closeAll, fmt, ms, pad, padEnd, type MeasureOptions, type Row } from './measure.js';
+import { closeAll, fmt, machineCpu, ms, pad, padEnd, type MeasureOptions, type Row } from './measure.js';
 import { RpcConn, type RpcReply } from './rpcClient.js';
 import { summarize, type Latency } from './stats.js';
 
@@ -112,13 +112,6 @@ interface Proc {
   kill(): Promise<void>;
 }
 
-/** A redis-server of this section, on 127.0.0.1 without persistence. */
-interface Redis {
-  proc: Proc;
-  port: number;
-  url: string;
-}
-
 /** A Troupe node process of a deployment. */
 interface Node {
   id: string;
@@ -202,54 +195,6 @@ function awaitOutput(p: Proc, re: RegExp, timeoutMs: number, stderr: () => strin
   });
 }
 
-/** A port that was free a moment ago. */
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address() as net.AddressInfo;
-      srv.close(() => resolve(port));
-    });
-  });
-}
-
-/** One inline command to a redis-server over a raw socket; resolves with the first reply chunk. */
-function redisCommand(port: number, line: string): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const sock = net.connect(port, '127.0.0.1');
-    sock.setTimeout(2_000, () => sock.destroy(new Error(`redis-server on port ${port} did not answer ${line}`)));
-    sock.once('error', reject);
-    sock.once('connect', () => sock.write(`${line}\r\n`));
-    sock.once('data', (d) => {
-      sock.end();
-      resolve(d.toString());
-    });
-  });
-}
-
-/** Starts `redis-server` on a free port without persistence; resolves once it answers PING. */
-async function startRedisServer(): Promise<Redis> {
-  const port = await freePort();
-  const child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: ['ignore', 'ignore', 'pipe'] });
-  const proc = await track(child, 'redis-server (is it installed and on PATH?)');
-  let err = '';
-  child.stderr!.on('data', (d: Buffer) => (err = (err + d.toString()).slice(-2000)));
-  try {
-    await waitFor(
-      async () => {
-        if (child.exitCode !== null) throw new Error(`redis-server exited with ${child.exitCode}: ${err}`);
-        return (await redisCommand(port, 'PING').catch(() => '')).startsWith('+PONG');
-      },
-      { timeoutMs: 10_000, intervalMs: 20 },
-    );
-  } catch (e) {
-    await proc.kill();
-    throw e;
-  }
-  return { proc, port, url: `redis://127.0.0.1:${port}` };
-}
-
 /** Starts `src/main.ts` with `env` (and no other TROUPE_ variable of this process) on a free port; resolves once it listens. */
 async function startTroupe(env: Record<string, string>): Promise<{ proc: Proc; url: string }> {
   const child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts', '--port', '0', '--host', '127.0.0.1'], {
@@ -277,18 +222,6 @@ function procCpuUs(pid: number): number {
     return (Number(f[11]) + Number(f[12])) * 10_000;
   } catch {
     return NaN;
-  }
-}
-
-/** Busy and total jiffies of all CPUs from /proc/stat (Linux), or undefined elsewhere. */
-function machineCpu(): { busy: number; total: number } | undefined {
-  try {
-    const [, ...f] = fs.readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).map(Number);
-    const [user, nice, system, idle, iowait, irq, softirq, steal] = f as number[];
-    const busy = user! + nice! + system! + irq! + softirq! + steal!;
-    return { busy, total: busy + idle! + iowait! };
-  } catch {
-    return undefined;
   }
 }
 
@@ -381,12 +314,12 @@ async function clusterReady(d: Deployment): Promise<void> {
 }
 
 /** A fresh store with `agents` agent keys and `n` nodes (started together: nobody bootstraps), ready to route. */
-async function deploy(n: number, cluster: boolean, redis: Redis[], agents: number): Promise<Deployment> {
+async function deploy(n: number, cluster: boolean, redis: RedisProcess[], agents: number): Promise<Deployment> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'troupe-bench-cluster-'));
   liveDirs.add(dir);
   const db = path.join(dir, 'troupe.db');
   const { keys, adminKey } = await makeKeys(db, agents);
-  if (cluster) await Promise.all(redis.map((r) => redisCommand(r.port, 'FLUSHALL')));
+  if (cluster) await Promise.all(redis.map((r) => r.command('FLUSHALL')));
   const env: Record<string, string> = {
     TROUPE_DATA_DIR: dir,
     TROUPE_STORE: `sqlite:${db}`,
@@ -810,11 +743,13 @@ export async function clusterRows(opts: { windows: MeasureOptions; quick: boolea
   process.once('exit', killAll);
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);
-  const redis: Redis[] = [];
+  const redis: RedisProcess[] = [];
   let d: Deployment | undefined;
   try {
-    redis.push(...(await Promise.all(Array.from({ length: LOCK_INSTANCES }, () => startRedisServer()))));
-    const redisPids = redis.map((r) => r.proc.pid);
+    redis.push(...(await Promise.all(Array.from({ length: LOCK_INSTANCES }, () => startRedis()))));
+    const redisPids = redis.map((r) => r.pid());
+    // Killed with everything else if the run is interrupted.
+    for (const pid of redisPids) livePids.add(pid);
     const startups: { what: string; ms: number }[] = [];
     const timedStart = async <T>(what: string, fn: () => Promise<T>): Promise<T> => {
       const t0 = performance.now();
@@ -872,7 +807,13 @@ export async function clusterRows(opts: { windows: MeasureOptions; quick: boolea
     return { setup: { sync: SYNC, leaseMs: CLUSTER_LEASE_MS, heartbeatMs: CLUSTER_HEARTBEAT_MS, lockInstances: LOCK_INSTANCES, agents, startups }, rows, forwarding, single, failover };
   } finally {
     if (d) await teardown(d).catch(() => {});
-    await Promise.all(redis.map((r) => r.proc.kill()));
+    await Promise.all(
+      redis.map(async (r) => {
+        const pid = r.pid();
+        await r.stop();
+        livePids.delete(pid);
+      }),
+    );
     killAll();
     process.off('exit', killAll);
     process.off('SIGINT', onSignal);

@@ -6,7 +6,7 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import { Child, type Usage } from './child.js';
 import { closedLoop, timed, type Work } from './loadgen.js';
-import { closeAll, fmt, ms, openConns, pad, padEnd, type MeasureOptions, type Row } from './measure.js';
+import { closeAll, fmt, machineCpu, ms, openConns, pad, padEnd, type MeasureOptions, type Row } from './measure.js';
 import { printProfile, summarizeProfile } from './profile.js';
 import type { RpcConn, RpcReply } from './rpcClient.js';
 import { summarize } from './stats.js';
@@ -111,18 +111,6 @@ function lifecycle(conns: RpcConn[]): Work {
     if (!(await timed(rec, 'task.start', () => conn.call('task.start', { taskId })))) return false;
     return (await timed(rec, 'task.complete', () => conn.call('task.complete', { taskId, result: { ok: true } }))) !== undefined;
   };
-}
-
-/** Busy and total jiffies of all CPUs from /proc/stat (Linux), or undefined elsewhere. */
-function machineCpu(): { busy: number; total: number } | undefined {
-  try {
-    const [, ...f] = fs.readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).map(Number);
-    const [user, nice, system, idle, iowait, irq, softirq, steal] = f as number[];
-    const busy = user! + nice! + system! + irq! + softirq! + steal!;
-    return { busy, total: busy + idle! + iowait! };
-  } catch {
-    return undefined;
-  }
 }
 
 const cpuUsOf = (u: Usage) => u.userUs + u.systemUs;

@@ -37,7 +37,7 @@ export interface Row {
 }
 
 /** Busy and total jiffies of all CPUs from /proc/stat (Linux), or undefined elsewhere. */
-function machineCpu(): { busy: number; total: number } | undefined {
+export function machineCpu(): { busy: number; total: number } | undefined {
   try {
     const line = fs.readFileSync('/proc/stat', 'utf8').split('\n')[0]!;
     const [, ...f] = line.trim().split(/\s+/).map(Number);

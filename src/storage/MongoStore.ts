@@ -183,20 +183,8 @@ interface ApiKeyDoc {
   revokedAt: number | null;
 }
 
-interface RefusalDoc {
-  _id: string;
-  tenant: string;
-  at: number;
-  lastAt: number;
-  principal: string;
-  method: string;
-  code: string;
-  reason: string;
-  count: number;
-  actorKind: string | null;
-  actorId: string | null;
-  correlationId: string | null;
-}
+/** A refusal record as stored: its id is the document's `_id`. */
+type RefusalDoc = Omit<RefusalRecord, 'id'> & { _id: string };
 
 interface MetaDoc {
   _id: string;
@@ -1154,20 +1142,8 @@ function toOutbox(doc: OutboxDoc): OutboxRecord {
 }
 
 function toRefusal(doc: RefusalDoc): RefusalRecord {
-  return {
-    id: doc._id,
-    tenant: doc.tenant,
-    at: doc.at,
-    lastAt: doc.lastAt,
-    principal: doc.principal,
-    method: doc.method,
-    code: doc.code,
-    reason: doc.reason,
-    count: doc.count,
-    actorKind: doc.actorKind,
-    actorId: doc.actorId,
-    correlationId: doc.correlationId,
-  };
+  const { _id, ...rest } = doc;
+  return { id: _id, ...rest };
 }
 
 function toTenant(doc: TenantDoc): TenantRecord {

@@ -17,6 +17,8 @@ export interface RedisProcess {
   restart(): Promise<void>;
   /** One command over a raw socket (inline form, e.g. `KEYS *`); resolves with the raw reply. */
   command(line: string): Promise<string>;
+  /** The process id of the server running now (after `restart`, the new one's). */
+  pid(): number;
 }
 
 /** A port that was free a moment ago. */
@@ -96,5 +98,6 @@ export async function startRedis(): Promise<RedisProcess> {
       await launch();
     },
     command: (line) => rawCommand(port, line),
+    pid: () => child!.pid!,
   };
 }

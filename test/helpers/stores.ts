@@ -70,3 +70,22 @@ export function gatedStore(inner: Store): {
     },
   };
 }
+
+/**
+ * A commit item for stream `kind/actorId` of tenant `acme` at `expectedVersion`, with one
+ * `task.updated` event per id (topic `all`), plus `extra`.
+ */
+export function commitItem(stream: string, expectedVersion: number, eventIds: string[], extra: Partial<CommitItem> = {}): CommitItem {
+  const [kind = '', actorId = ''] = stream.split('/');
+  return {
+    stream,
+    tenant: 'acme',
+    kind,
+    actorId,
+    expectedVersion,
+    epoch: 1,
+    events: eventIds.map((id) => ({ id, type: 'task.updated', data: { type: 'task.updated', id }, meta: { at: 1, principal: 'ann' } })),
+    topics: eventIds.map(() => ['all']),
+    ...extra,
+  };
+}

@@ -3,9 +3,10 @@ import net from 'node:net';
 import { MongoClient, MongoServerSelectionError } from 'mongodb';
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
-import type { CommitItem, CommitOutcome } from '../../actors/Store.js';
+import type { CommitOutcome } from '../../actors/Store.js';
 import { MongoStore } from '../../src/storage/MongoStore.js';
 import { runStoreContract } from '../contracts/storeContract.js';
+import { commitItem } from '../helpers/stores.js';
 
 /** A replica set (transactions), e.g. `mongodb://localhost:27017/?replicaSet=rs0` from docker-compose. */
 const url = process.env.MONGODB_URL;
@@ -21,21 +22,6 @@ async function dropDatabase(mongoUrl: string, dbName: string): Promise<void> {
   } finally {
     await client.close();
   }
-}
-
-function item(stream: string, expectedVersion: number, eventIds: string[], extra: Partial<CommitItem> = {}): CommitItem {
-  const [kind = '', actorId = ''] = stream.split('/');
-  return {
-    stream,
-    tenant: 'acme',
-    kind,
-    actorId,
-    expectedVersion,
-    epoch: 1,
-    events: eventIds.map((id) => ({ id, type: 'task.updated', data: { type: 'task.updated', id }, meta: { at: 1, principal: 'ann' } })),
-    topics: eventIds.map(() => ['all']),
-    ...extra,
-  };
 }
 
 if (url) {
@@ -79,15 +65,15 @@ if (url) {
 
   shared('a claim through one store fences the commits of the other', async () => {
     const [a, b] = stores as [MongoStore, MongoStore];
-    assert.equal(await a.commit([item('task/t1', 0, ['e1'], { epoch: 1 })]), [{ ok: true, positions: [1], feedPositions: [1] }]);
+    assert.equal(await a.commit([commitItem('task/t1', 0, ['e1'], { epoch: 1 })]), [{ ok: true, positions: [1], feedPositions: [1] }]);
     assert.is(await b.claimEpoch('task/t1', 'acme', 'task', 't1'), 2);
-    assert.equal(await a.commit([item('task/t1', 1, ['e2'], { epoch: 1 })]), [{ ok: false, reason: 'stale_epoch', currentEpoch: 2 }]);
-    assert.equal(await b.commit([item('task/t1', 1, ['e3'], { epoch: 2 })]), [{ ok: true, positions: [2], feedPositions: [2] }]);
+    assert.equal(await a.commit([commitItem('task/t1', 1, ['e2'], { epoch: 1 })]), [{ ok: false, reason: 'stale_epoch', currentEpoch: 2 }]);
+    assert.equal(await b.commit([commitItem('task/t1', 1, ['e3'], { epoch: 2 })]), [{ ok: true, positions: [2], feedPositions: [2] }]);
   });
 
   shared('two stores committing to one stream at once: exactly one wins each version', async () => {
     const [a, b] = stores as [MongoStore, MongoStore];
-    const outcomes = await Promise.all([a.commit([item('task/t1', 0, ['a1'])]), b.commit([item('task/t1', 0, ['b1'])])]);
+    const outcomes = await Promise.all([a.commit([commitItem('task/t1', 0, ['a1'])]), b.commit([commitItem('task/t1', 0, ['b1'])])]);
     const flat: CommitOutcome[] = outcomes.flat();
     assert.is(flat.filter((o) => o.ok).length, 1);
     assert.equal(flat.find((o) => !o.ok), { ok: false, reason: 'version_conflict', actualVersion: 1 });
@@ -96,7 +82,7 @@ if (url) {
 
   shared('positions stay gap-free and in commit order when two stores commit at once', async () => {
     const [a, b] = stores as [MongoStore, MongoStore];
-    const commits = Array.from({ length: 30 }, (_, i) => (i % 2 ? a : b).commit([item(`task/t${i}`, 0, [`e${i}`])]));
+    const commits = Array.from({ length: 30 }, (_, i) => (i % 2 ? a : b).commit([commitItem(`task/t${i}`, 0, [`e${i}`])]));
     const outcomes = (await Promise.all(commits)).flat();
     for (const o of outcomes) assert.ok(o.ok, JSON.stringify(o));
     const feed = await a.readFeed(0, 100);
@@ -137,7 +123,7 @@ offline('is built without connecting, and each call tries to connect again and r
     const err = await store.ping().then(() => null, (e: unknown) => e);
     assert.instance(err, MongoServerSelectionError);
   }
-  const err = await store.commit([item('task/t1', 0, ['e1'])]).then(() => null, (e: unknown) => e);
+  const err = await store.commit([commitItem('task/t1', 0, ['e1'])]).then(() => null, (e: unknown) => e);
   assert.instance(err, MongoServerSelectionError);
   await store.close();
   await store.close();
@@ -150,7 +136,7 @@ offline('refuses a malformed audit cursor and an unserialisable commit before re
   const store = new MongoStore({ url: `mongodb://127.0.0.1:${port}/troupe`, clientOptions: { serverSelectionTimeoutMS: 200 } });
   const cursor = await store.queryEvents('acme', { cursor: 'not a cursor!' }).then(() => null, (e: unknown) => e);
   assert.match((cursor as Error).message, /^invalid cursor/);
-  const bad = item('task/t1', 0, ['e1']);
+  const bad = commitItem('task/t1', 0, ['e1']);
   bad.events[0]!.data = { big: 1n } as unknown as Record<string, unknown>;
   const commit = await store.commit([bad]).then(() => null, (e: unknown) => e);
   assert.instance(commit, TypeError);

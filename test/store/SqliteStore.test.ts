@@ -9,6 +9,7 @@ import * as assert from 'uvu/assert';
 import type { CommitItem, CommitOutcome, Store } from '../../actors/Store.js';
 import { SqliteStore } from '../../src/storage/SqliteStore.js';
 import { runStoreContract } from '../contracts/storeContract.js';
+import { commitItem } from '../helpers/stores.js';
 import { waitFor } from '../helpers/waitFor.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
@@ -29,31 +30,6 @@ for (const writer of ['inline', 'worker'] as const) {
       },
     };
   });
-}
-
-function item(
-  stream: string,
-  expectedVersion: number,
-  eventIds: string[],
-  extra: Partial<CommitItem> = {},
-): CommitItem {
-  const [kind = '', actorId = ''] = stream.split('/');
-  return {
-    stream,
-    tenant: 'acme',
-    kind,
-    actorId,
-    expectedVersion,
-    epoch: 1,
-    events: eventIds.map((id) => ({
-      id,
-      type: 'task.updated',
-      data: { type: 'task.updated', id },
-      meta: { at: 1, principal: 'ann' },
-    })),
-    topics: eventIds.map(() => ['all']),
-    ...extra,
-  };
 }
 
 /** Asserts that every item of a commit succeeded. */
@@ -102,7 +78,7 @@ durability('keeps everything across close and reopen, and positions keep increas
   };
   const claim = { tenant: 'acme', key: 'req', requestHash: 'h', result: { ok: 1 }, createdAt: 5 };
   const before = await commitOk(first, [
-    item('task/t1', 0, ['e1', 'e2'], {
+    commitItem('task/t1', 0, ['e1', 'e2'], {
       epoch: 3, snapshot: { s: 2 }, view, scheduleTimers: [timer], outbox: [message], idempotency: claim,
     }),
   ]);
@@ -127,14 +103,14 @@ durability('keeps everything across close and reopen, and positions keep increas
   assert.equal(await second.getApiKey('k1'), key);
   assert.equal((await second.readTopic('acme', 'all', 0, 10)).map((e) => e.id), ['e1', 'e2']);
   assert.is(await second.nextCounter('epoch'), 2);
-  const after = await commitOk(second, [item('task/t2', 0, ['e3'])]);
+  const after = await commitOk(second, [commitItem('task/t2', 0, ['e3'])]);
   assert.ok(after[0]! > before[before.length - 1]!);
   assert.is(await second.headPosition(), after[0]);
 });
 
 durability('close flushes commits that are still queued', async () => {
   const store = openStore();
-  const pending = store.commit([item('task/t1', 0, ['e1'])]);
+  const pending = store.commit([commitItem('task/t1', 0, ['e1'])]);
   await store.close();
   assert.equal(await pending, [{ ok: true, positions: [1], feedPositions: [1] }]);
   const reopened = openStore();
@@ -143,14 +119,14 @@ durability('close flushes commits that are still queued', async () => {
 
 durability("synchronous: 'NORMAL' stores and reads like the default", async () => {
   const store = openStore({ synchronous: 'NORMAL' });
-  await commitOk(store, [item('task/t1', 0, ['e1'])]);
+  await commitOk(store, [commitItem('task/t1', 0, ['e1'])]);
   await store.close();
   assert.equal((await openStore().readStream('task/t1')).map((e) => e.id), ['e1']);
 });
 
 durability('snapshotsKeep keeps older snapshots while loadSnapshot returns the latest', async () => {
   const store = openStore({ snapshotsKeep: 2 });
-  for (let v = 0; v < 4; v++) await commitOk(store, [item('task/t1', v, [`e${v}`], { snapshot: { v: v + 1 } })]);
+  for (let v = 0; v < 4; v++) await commitOk(store, [commitItem('task/t1', v, [`e${v}`], { snapshot: { v: v + 1 } })]);
   assert.equal(await store.loadSnapshot('task/t1'), { version: 4, state: { v: 4 } });
   await store.close();
   const raw = new Database(file, { readonly: true });
@@ -162,14 +138,14 @@ durability('snapshotsKeep keeps older snapshots while loadSnapshot returns the l
 durability('two stores on one file share concurrency control', async () => {
   const a = openStore();
   const b = openStore();
-  await commitOk(a, [item('task/t1', 0, ['e1'], { epoch: 2 })]);
-  assert.equal(await b.commit([item('task/t1', 0, ['e2'], { epoch: 2 })]), [
+  await commitOk(a, [commitItem('task/t1', 0, ['e1'], { epoch: 2 })]);
+  assert.equal(await b.commit([commitItem('task/t1', 0, ['e2'], { epoch: 2 })]), [
     { ok: false, reason: 'version_conflict', actualVersion: 1 },
   ]);
-  assert.equal(await b.commit([item('task/t1', 1, ['e2'], { epoch: 1 })]), [
+  assert.equal(await b.commit([commitItem('task/t1', 1, ['e2'], { epoch: 1 })]), [
     { ok: false, reason: 'stale_epoch', currentEpoch: 2 },
   ]);
-  assert.equal(await b.commit([item('task/t1', 1, ['e2'], { epoch: 2 })]), [{ ok: true, positions: [2], feedPositions: [2] }]);
+  assert.equal(await b.commit([commitItem('task/t1', 1, ['e2'], { epoch: 2 })]), [{ ok: true, positions: [2], feedPositions: [2] }]);
 });
 
 /**
@@ -233,10 +209,10 @@ durability('concurrent claims from two stores and another process on one file ge
   assert.equal(await inline.streamInfo('task/t1'), { version: 0, epoch: 90 });
   assert.equal(await worker.listStreams(), []);
   // Every store on the file sees the fence.
-  assert.equal(await worker.commit([item('task/t1', 0, ['e1'], { epoch: 89 })]), [
+  assert.equal(await worker.commit([commitItem('task/t1', 0, ['e1'], { epoch: 89 })]), [
     { ok: false, reason: 'stale_epoch', currentEpoch: 90 },
   ]);
-  assert.equal(await inline.commit([item('task/t1', 0, ['e1'], { epoch: 90 })]), [
+  assert.equal(await inline.commit([commitItem('task/t1', 0, ['e1'], { epoch: 90 })]), [
     { ok: true, positions: [1], feedPositions: [1] },
   ]);
   assert.equal(await worker.listStreams(), ['task/t1']);
@@ -305,7 +281,7 @@ durability('upgrades a version 1 file, numbering its events per tenant', async (
   assert.equal((await store.readTopic('acme', 'all', 1, 10)).map((e) => e.id), ['a2']);
   assert.is(await store.headPosition('acme'), 2);
   // New events continue each tenant's numbering.
-  const [outcome] = await store.commit([item('task/t9', 0, ['a3'])]);
+  const [outcome] = await store.commit([commitItem('task/t9', 0, ['a3'])]);
   assert.equal(outcome, { ok: true, positions: [3], feedPositions: [4] });
   await store.close();
 });
@@ -341,7 +317,7 @@ durability('upgrades a version 2 file: its events are filed by time and principa
   assert.equal(await trail({ principal: 'ann' }), ['a1']);
   assert.equal(await trail({ principal: 'bob', from: 2000 }), ['a2']);
   // New events and refusal records land in the upgraded file.
-  ok(await store.commit([item('task/t1', 3, ['a4'])]));
+  ok(await store.commit([commitItem('task/t1', 3, ['a4'])]));
   await store.appendRefusals([{
     id: 'r1', tenant: 'acme', at: 5, lastAt: 5, principal: 'eve', method: 'task.create', code: 'FORBIDDEN', reason: 'no',
     count: 2, actorKind: null, actorId: null, correlationId: null,
